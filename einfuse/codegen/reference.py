@@ -8,6 +8,8 @@ input, reported with the node at fault.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from einfuse.errors import EinfuseError, ExecutionError, InputError
@@ -36,10 +38,12 @@ def check_inputs(graph: Graph, inputs: dict) -> dict:
     return env, bindings
 
 
-def run(graph: Graph, inputs: dict, *, check_types: bool = True) -> dict:
-    """Evaluates `graph` on {input name: array}; returns {output name: array} in order."""
+def run(graph: Graph, inputs: dict, *, check_types: bool = True, profile: dict | None = None) -> dict:
+    """Evaluates `graph` on {input name: array}; returns {output name: array} in order.
+
+    profile: a dict that receives {op name: [seconds, calls]} for this run."""
     env, bindings = check_inputs(graph, inputs)
-    return _run(graph, env, bindings, check_types)
+    return _run(graph, env, bindings, check_types, profile)
 
 
 def run_values(graph: Graph, inputs: dict, *, check_types: bool = True) -> dict[Value, np.ndarray]:
@@ -53,7 +57,7 @@ def run_values(graph: Graph, inputs: dict, *, check_types: bool = True) -> dict[
     return out
 
 
-def _run(graph: Graph, env: dict, bindings: dict, check_types: bool) -> dict:
+def _run(graph: Graph, env: dict, bindings: dict, check_types: bool, profile: dict | None = None) -> dict:
     for name, (v, arr) in graph.constants.items():
         env[id(v)] = arr
     for node in graph.nodes:
@@ -67,6 +71,7 @@ def _run(graph: Graph, env: dict, bindings: dict, check_types: bool) -> dict:
                 except KeyError:
                     raise ExecutionError(f"{node.label}: operand %{x.name} is not computed before it") from None
         d = get_op(node.op)
+        t0 = time.perf_counter()
         try:
             with np.errstate(all="ignore"):
                 res = d.reference(*args, **node.attrs)
@@ -74,6 +79,10 @@ def _run(graph: Graph, env: dict, bindings: dict, check_types: bool) -> dict:
             raise
         except Exception as e:
             raise ExecutionError(f"{node.label}: reference {node.op} failed: {type(e).__name__}: {e}") from e
+        if profile is not None:
+            entry = profile.setdefault(node.op, [0.0, 0])
+            entry[0] += time.perf_counter() - t0
+            entry[1] += 1
         res = res if isinstance(res, tuple) else (res,)
         if len(res) != len(node.outputs):
             raise ExecutionError(f"{node.label}: reference gave {len(res)} results for {len(node.outputs)} outputs")
