@@ -24,7 +24,7 @@ from einfuse.ir.ops import SHAPE, get_op
 from einfuse.ir.types import DType, TensorType, is_identifier, sym
 
 MIN_OPSET = 7
-MAX_OPSET = 25
+MAX_OPSET = 28  # the newest opset onnx 1.23 defines
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: DType.f32,
@@ -204,7 +204,7 @@ class ConvertCtx:
         except EinfuseError:
             raise
         except Exception as e:
-            raise ShapeError(f"{label}: could not fold constant {n.op}: {type(e).__name__}: {e}") from None
+            raise ShapeError(f"{label}: could not fold constant {n.op}: {type(e).__name__}: {e}") from e
         res = res if isinstance(res, tuple) else (res,)
         outs = []
         for o, r in zip(n.outputs, res):

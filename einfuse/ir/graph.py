@@ -163,11 +163,11 @@ class Graph:
         return v
 
     def add_constant(self, name: str, array: np.ndarray, *, fresh: bool = False) -> Value:
-        array = np.asarray(array)
+        # A private C-ordered copy (0-d stays 0-d), read-only so no kernel can change a weight.
+        array = np.array(array, order="C")
         if fresh:
             name = self.fresh_name(name)
         v = Value(self._claim(name), TensorType.of(array), is_const=True)
-        array = np.ascontiguousarray(array)
         array.flags.writeable = False
         self.constants[name] = (v, array)
         return v

@@ -1,0 +1,7 @@
+"""`python -m einfuse` is the `einfuse` command."""
+
+import sys
+
+from einfuse.cli import main
+
+sys.exit(main())
