@@ -10,6 +10,7 @@ Order of work, so that a bad model costs nothing:
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -75,6 +76,10 @@ class ConvertCtx:
         self.max_const_bytes = max_const_bytes
         self.values: dict[str, Value] = {}
         self.node: onnx.NodeProto | None = None
+        # Small integer tensors computed from symbolic shapes (Shape -> Gather -> Concat),
+        # kept element-wise as dims so a Reshape target can still be resolved:
+        # {Value: tuple of dims}. Filled by the shape-group converters.
+        self.shape_values: dict[Value, tuple] = {}
 
     # -- reading the node ---------------------------------------------------
 
@@ -184,7 +189,8 @@ class ConvertCtx:
         """Evaluates an all-constant node with the reference and adds its results as constants."""
         static = all(o.type.is_static for o in n.outputs)
         if static:
-            total = sum(int(np.prod(o.type.shape, dtype=np.int64)) * o.type.dtype.itemsize for o in n.outputs)
+            # exact Python integers: int64 products wrap around for hostile shapes
+            total = sum(math.prod(o.type.shape) * o.type.dtype.itemsize for o in n.outputs)
             if total > self.max_const_bytes:
                 raise UnsafeModelError(
                     f"{label}: folding it would create a constant of {total} bytes, over the "
