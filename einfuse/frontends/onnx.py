@@ -143,13 +143,31 @@ class ConvertCtx:
             return default
         arr = self.graph.const_value(v)
         if arr is None:
+            # Name the graph input it is computed from, so callers can bind that input.
+            sources = self._source_inputs(v)
             raise DynamicOperandError(
                 f"{self.node_label(node)}: operand {i} ({node.input[i]!r}) must be a constant "
                 "for einfuse (it is computed at run time)",
-                value_name=node.input[i],
+                value_name=sources[0].name if sources else node.input[i],
                 hint="bind the graph input that feeds it (einfuse run --bind NAME=FILE.npy) or export with static shapes",
             )
         return arr
+
+    def _source_inputs(self, v: Value) -> list[Value]:
+        """The graph inputs `v` is computed from, in graph-input order."""
+        seen, stack, found = set(), [v], set()
+        while stack:
+            x = stack.pop()
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            prod = self.graph.producer(x)
+            if prod is None:
+                if not x.is_const:
+                    found.add(id(x))
+                continue
+            stack.extend(y for y in prod.inputs if y is not None)
+        return [g for g in self.graph.inputs if id(g) in found]
 
     # -- building -----------------------------------------------------------
 
