@@ -31,6 +31,9 @@ class DType(enum.Enum):
     bf16 = "bf16"
     f8e4m3 = "f8e4m3"
     f8e5m2 = "f8e5m2"
+    f8e4m3fnuz = "f8e4m3fnuz"
+    f8e5m2fnuz = "f8e5m2fnuz"
+    f8e8m0 = "f8e8m0"
     i64 = "i64"
     i32 = "i32"
     i16 = "i16"
@@ -90,6 +93,9 @@ _TO_NUMPY = {
     DType.bf16: np.dtype(ml_dtypes.bfloat16),
     DType.f8e4m3: np.dtype(ml_dtypes.float8_e4m3fn),
     DType.f8e5m2: np.dtype(ml_dtypes.float8_e5m2),
+    DType.f8e4m3fnuz: np.dtype(ml_dtypes.float8_e4m3fnuz),
+    DType.f8e5m2fnuz: np.dtype(ml_dtypes.float8_e5m2fnuz),
+    DType.f8e8m0: np.dtype(ml_dtypes.float8_e8m0fnu),
     DType.i64: np.dtype(np.int64),
     DType.i32: np.dtype(np.int32),
     DType.i16: np.dtype(np.int16),
@@ -102,7 +108,19 @@ _TO_NUMPY = {
 }
 _FROM_NUMPY = {v: k for k, v in _TO_NUMPY.items()}
 
-FLOAT_DTYPES = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.f8e4m3, DType.f8e5m2})
+FLOAT_DTYPES = frozenset(
+    {
+        DType.f64,
+        DType.f32,
+        DType.f16,
+        DType.bf16,
+        DType.f8e4m3,
+        DType.f8e5m2,
+        DType.f8e4m3fnuz,
+        DType.f8e5m2fnuz,
+        DType.f8e8m0,
+    }
+)
 INT_DTYPES = frozenset(
     {DType.i64, DType.i32, DType.i16, DType.i8, DType.u64, DType.u32, DType.u16, DType.u8}
 )
