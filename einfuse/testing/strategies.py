@@ -90,7 +90,7 @@ def graphs(draw, max_nodes: int = 6, ops=None, hostile_names: bool = True, symbo
 
     def fresh(hint_strategy):
         n = draw(hint_strategy)
-        while not n or n in used:
+        while not n or n in used or n in g._names:
             n = (n or "v") + "_"
         used.add(n)
         return n
