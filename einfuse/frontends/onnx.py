@@ -317,6 +317,11 @@ def model_opset(model: onnx.ModelProto) -> int:
     return opset
 
 
+def _converter_key(node) -> str:
+    """Converters are registered by op type for the default domain, as "domain.Op" otherwise."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
 def check_supported(model: onnx.ModelProto) -> None:
     """Raises ONE UnsupportedOpError listing every unsupported op type and its nodes."""
     converters = load_all()
@@ -324,8 +329,8 @@ def check_supported(model: onnx.ModelProto) -> None:
 
     def visit(graph):
         for node in graph.node:
-            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-            if node.domain not in ("", "ai.onnx") or node.op_type not in converters:
+            key = _converter_key(node)
+            if key not in converters:
                 bad.setdefault(key, []).append(node.name or "(unnamed)")
 
     visit(model.graph)
@@ -385,7 +390,7 @@ def convert_model(
 
     for node in og.node:
         ctx.node = node
-        fn = converters[node.op_type]
+        fn = converters[_converter_key(node)]
         try:
             outs = fn(ctx, node)
         except EinfuseError:

@@ -31,7 +31,7 @@ LITERAL_LIMIT = 16  # constants with at most this many elements print by value
 
 
 def quote_name(name: str) -> str:
-    if _PLAIN.match(name):
+    if _PLAIN.fullmatch(name):
         return name
     return json.dumps(name, ensure_ascii=True)
 

@@ -133,7 +133,7 @@ NUMERIC_DTYPES = FLOAT_DTYPES | INT_DTYPES
 
 def sym(name: str) -> sympy.Symbol:
     """The dimension symbol `name` (an identifier)."""
-    if not _IDENT.match(name):
+    if not _IDENT.fullmatch(name):
         raise ValueError(f"dimension symbol {name!r} is not an identifier")
     return sympy.Symbol(name, integer=True, nonnegative=True)
 
@@ -372,7 +372,7 @@ def _fmt_shape(s) -> str:
 
 
 def is_identifier(name: str) -> bool:
-    return bool(_IDENT.match(name))
+    return bool(_IDENT.fullmatch(name))
 
 
 def static_numel(shape) -> int:

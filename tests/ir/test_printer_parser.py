@@ -81,6 +81,16 @@ def test_special_float_values_round_trip():
     assert np.signbit(got[3]) and np.isnan(got[2])
 
 
+@pytest.mark.parametrize("name", ["0\n", "a\n(%x: f32[1])", "x\r"])
+def test_trailing_newline_in_names_is_quoted(name):
+    # `$` in a regex matches before a final newline: names must be matched in full
+    g = Graph(name)
+    x = g.add_input(name, TensorType((1,), DType.f32))
+    g.outputs = [Builder(g).op("relu", [x])]
+    assert len(print_graph(g).splitlines()) == 4
+    round_trip(g)
+
+
 def test_hostile_names_stay_data():
     g = Graph('evil"graph')
     x = g.add_input('x"); import os; ("', TensorType((2,), DType.f32))
