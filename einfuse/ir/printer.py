@@ -60,6 +60,20 @@ def format_scalar(x) -> str:
     return s
 
 
+def _format_float_in(x) -> str:
+    """The shortest text that reads back to the same value in x's own dtype
+    (0.1 for an f32 0.1, not the f64 expansion 0.10000000149011612)."""
+    f = float(x)
+    if math.isnan(f) or math.isinf(f):
+        return format_scalar(f)
+    s = str(x)
+    if float(np.asarray(float(s), dtype=x.dtype)) != f or (f == 0 and math.copysign(1, f) < 0 and not s.startswith("-")):
+        return format_scalar(f)  # this dtype's str is not a round-trip form: exact f64 text
+    if not any(c in s for c in ".eE"):
+        s += ".0"
+    return s
+
+
 def format_attr(v, indent: str) -> str:
     if isinstance(v, Graph):
         return print_graph(v, indent=indent, constants="full")
@@ -119,8 +133,10 @@ def format_constant(v: Value, arr: np.ndarray, mode: str, indent: str) -> str:
         body = ""
     elif arr.size <= LITERAL_LIMIT:
         flat = arr.reshape(-1)
-        items = [float(x) for x in flat] if v.dtype.is_float else flat.tolist()
-        body = " [" + ", ".join(format_scalar(x) for x in items) + "]"
+        if v.dtype.is_float:
+            body = " [" + ", ".join(_format_float_in(x) for x in flat) + "]"
+        else:
+            body = " [" + ", ".join(format_scalar(x) for x in flat.tolist()) + "]"
     else:
         # Exact bytes for a lossless round trip (einfuse targets little-endian hosts only).
         body = f' hex"{np.ascontiguousarray(arr).tobytes().hex()}"'
