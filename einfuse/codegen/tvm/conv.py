@@ -1,0 +1,501 @@
+"""Convolution kernels for the TVM backend: conv (2-D first-class, 1-D as 2-D with H=1,
+grouped and depthwise) and conv_transpose, on NCHW tensors in and out.
+
+Direct convolution (groups with more than one input channel each). The accumulator is
+blocked like NCHWc, acc[n, oc/ocb, oh, ow, ocb], so that one register tile holds `reg_n`
+output pixels of a row x `ocb` output channels (ocb = 32: two zmm per pixel). Per reduction
+step (ic, kh, kw) the micro-kernel broadcasts reg_n input pixels straight from the NCHW
+input (a broadcast is one load whatever the stride or dilation, so strided and dilated
+convs need no special case) and multiplies them by ocb packed weights, one vector load:
+
+    Wp[oc/ocb, ic, kh, kw, ocb]     packed once at compile time from OIHW (zero-padded OC)
+
+Zero padding of the input is a separate stage (an in-kernel padded copy, a cheap O(input)
+pass next to the O(input x OC x K) convolution) so the micro-kernel never tests bounds;
+it also covers the extra columns of a last, partial tile of a row. The epilogue writes the
+tile back to NCHW with bias, activation and residual applied, as for matmul (dense.py).
+
+Depthwise convolution (one input channel per group): no reduction over channels, so the
+vector runs along the output row (16 pixels of one channel) and a tile stacks a few rows.
+
+3-D and higher convolutions and conv_transpose use a plain direct formulation (correct,
+parallel over output channels, not tuned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import te, tirx
+
+from einfuse.codegen.backend import LoweringError
+from einfuse.codegen.tvm import dense
+from einfuse.codegen.tvm.dense import (
+    ANCHOR_SCHEDULES,
+    KERNEL,
+    acc_dtype,
+    cast,
+    extent,
+    inline_epilogue,
+    is_output,
+    micro_kernel,
+    packed_operand,
+    record,
+    round_up,
+    schedule_leftovers,
+    schedule_simple,
+    static_shape,
+    vector_lanes,
+)
+from einfuse.codegen.tvm.emit import emitter
+from einfuse.ir.ops.nn import conv_out_dim, window_params
+
+
+def _conv_params(node, x_shape, w_shape):
+    nd = len(x_shape) - 2
+    kernel, strides, pads, dilations = window_params(dict(node.attrs), nd, w_shape[2:])
+    return nd, tuple(kernel), tuple(strides), tuple(pads), tuple(dilations), int(node.attrs.get("group", 1))
+
+
+def conv_tiles(oc: int, ocg: int, groups: int, ow: int, lanes: int, max_acc: int = 16) -> tuple[int, int]:
+    """(ocb, reg_n): output channels per tile (vectors) and output pixels per tile (unrolled).
+
+    At most 16 accumulators (zmm registers): 7-8 pixels x 2 vectors measured best on Zen 4
+    (ResNet-50's 3x3 layers: ~105 GFLOP/s per core); 12-14 pixels x 2 vectors spill."""
+    if groups == 1:
+        if oc < lanes:
+            ocb = oc
+        else:
+            # Two vectors per pixel unless that pads much more than one vector does.
+            ocb = 2 * lanes if round_up(oc, 2 * lanes) <= round_up(oc, lanes) else lanes
+    else:
+        ocb = next(b for b in (2 * lanes, lanes, 8, 4, 2, 1) if ocg % b == 0)
+    n_vec = max(1, -(-ocb // lanes))
+    reg_max = max(1, max_acc // n_vec)
+    if ow <= reg_max:
+        return ocb, ow
+    # The tile width with the least padding of the row, preferring wide tiles.
+    best = min(range(max(1, reg_max // 2), reg_max + 1), key=lambda r: (round_up(ow, r) - ow, -r))
+    return ocb, best
+
+
+def _pad_input(ctx, x, x_at, n, c, h, w, pads2d, hp: int, wp: int, acc_t: str, force: bool):
+    """x as a zero-padded [n, c, hp, wp] stage (acc dtype), or a reader of x itself when no
+    padding or cast is needed."""
+    pt, pl = pads2d
+    if not force and pt == 0 and pl == 0 and hp <= h and wp <= w and str(x.dtype) == acc_t:
+        return lambda nn, cc, hh, ww: x_at(nn, cc, hh, ww), None
+
+    def fn(nn, cc, hh, ww):
+        inside = tirx.all(hh >= pt, hh < pt + h, ww >= pl, ww < pl + w)
+        hi = tirx.min(tirx.max(hh - pt, 0), h - 1)
+        wi = tirx.min(tirx.max(ww - pl, 0), w - 1)
+        return tirx.if_then_else(inside, cast(x_at(nn, cc, hi, wi), acc_t), tirx.const(0, acc_t))
+
+    xp = te.compute((n, c, hp, wp), fn, name=ctx.name("conv_pad"))
+    return (lambda nn, cc, hh, ww: xp[nn, cc, hh, ww]), xp
+
+
+@emitter("conv")
+def emit_conv(ctx, node, x, w, bias=None):
+    """Grouped N-d convolution (cross-correlation), NCHW in and out."""
+    dtype = dense._check_dtypes("conv", x, w, bias)
+    acc_t = acc_dtype(dtype, "conv")
+    if not acc_t.startswith("float"):
+        raise LoweringError(f"conv: no TVM kernel for dtype {dtype}")
+    x_shape, w_shape = static_shape(x, "conv input"), static_shape(w, "conv weight")
+    nd, kernel, strides, pads, dilations, groups = _conv_params(node, x_shape, w_shape)
+    if nd > 2:
+        return [_naive_conv(ctx, x, w, bias, x_shape, w_shape, kernel, strides, pads, dilations, groups, acc_t, dtype)]
+    n, c = x_shape[:2]
+    oc, icg = w_shape[:2]
+    if c != icg * groups or oc % groups:
+        raise LoweringError(f"conv: weight {list(w_shape)} does not fit input {list(x_shape)} with group={groups}")
+    ocg = oc // groups
+    # 1-D is 2-D with a unit height.
+    if nd == 1:
+        h, wd = 1, x_shape[2]
+        kh, kw = 1, kernel[0]
+        sh, sw = 1, strides[0]
+        dh, dw = 1, dilations[0]
+        pt, pl, pb, pr = 0, pads[0], 0, pads[1]
+    else:
+        h, wd = x_shape[2:]
+        kh, kw = kernel
+        sh, sw = strides
+        dh, dw = dilations
+        pt, pl, pb, pr = pads
+    oh = conv_out_dim(h, kh, sh, dh, pt, pb)
+    ow = conv_out_dim(wd, kw, sw, dw, pl, pr)
+    if oh < 1 or ow < 1:
+        raise LoweringError(f"conv: empty output {oh}x{ow}")
+
+    def x_at(nn, cc, hh, ww):
+        return x[nn, cc, ww] if nd == 1 else x[nn, cc, hh, ww]
+
+    def w_at(o, i, a, b):
+        return w[o, i, b] if nd == 1 else w[o, i, a, b]
+
+    lanes = vector_lanes(ctx, acc_t)
+    if groups > 1 and icg == 1:
+        g = Geometry(n, c, h, wd, oc, ocg, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, nd)
+        return [_depthwise(ctx, x_at, w_at, bias, x, g, acc_t, dtype, lanes)]
+
+    ocb, reg_n = conv_tiles(oc, ocg, groups, ow, lanes)
+    ow_p = round_up(ow, reg_n)
+    oc_p = round_up(oc, ocb)
+    hp = max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + pl + pr, (ow_p - 1) * sw + (kw - 1) * dw + 1)
+    xin, _ = _pad_input(ctx, x, x_at, n, c, h, wd, (pt, pl), hp, wp, acc_t, force=acc_t != dtype)
+
+    # Weights as [OC/ocb, IC/G, KH, KW, ocb], OC zero-padded to whole blocks.
+    def pack_fn(ob, i, a, b, oi):
+        o = ob * ocb + oi
+        value = cast(w_at(tirx.min(o, oc - 1), i, a, b), acc_t)
+        return value if oc_p == oc else tirx.if_then_else(o < oc, value, tirx.const(0, acc_t))
+
+    steps = [["reshape", [oc, icg, kh, kw]], ["pad", [[0, oc_p - oc], [0, 0], [0, 0], [0, 0]]]]
+    steps += [["reshape", [oc_p // ocb, ocb, icg, kh, kw]], ["transpose", [0, 2, 3, 4, 1]]]
+    wpk = packed_operand(ctx, w, (oc_p // ocb, icg, kh, kw, ocb), acc_t, pack_fn, steps, "conv_pack", "gather")
+
+    ric = te.reduce_axis((0, icg), name="ic")
+    rkh = te.reduce_axis((0, kh), name="kh")
+    rkw = te.reduce_axis((0, kw), name="kw")
+
+    def acc_fn(nn, ob, y, xx, oi):
+        cin = ric if groups == 1 else tirx.floordiv(ob * ocb, ocg) * icg + ric
+        value = xin(nn, cin, y * sh + rkh * dh, xx * sw + rkw * dw) * wpk[ob, ric, rkh, rkw, oi]
+        return te.sum(value, axis=[ric, rkh, rkw])
+
+    ann = {
+        KERNEL: "conv",
+        "einfuse.ocb": ocb,
+        "einfuse.reg_n": reg_n,
+        "einfuse.nd": nd,
+        "einfuse.pack_stage": wpk.op.name if isinstance(wpk.op, te.ComputeOp) else "",
+    }
+    acc = te.compute((n, oc_p // ocb, oh, ow_p, ocb), acc_fn, name=ctx.name("conv_acc"), attrs=ann)
+    record(ctx, acc, "conv")
+
+    def view_fn(nn, o, *sp):
+        y, xx = (0, sp[0]) if nd == 1 else sp
+        value = acc[nn, tirx.floordiv(o, ocb), y, xx, tirx.floormod(o, ocb)]
+        if bias is not None:
+            value = value + cast(bias[o], acc_t)
+        return cast(value, dtype)
+
+    out_shape = (n, oc, ow) if nd == 1 else (n, oc, oh, ow)
+    return [te.compute(out_shape, view_fn, name=ctx.name("conv"))]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A 2-D convolution's sizes (1-D convs have h = kh = sh = dh = 1, no top/bottom pads)."""
+
+    n: int
+    c: int
+    h: int
+    wd: int
+    oc: int
+    ocg: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    oh: int
+    ow: int
+    nd: int
+
+
+def _depthwise(ctx, x_at, w_at, bias, x, g: Geometry, acc_t: str, dtype: str, lanes: int):
+    """One input channel per group: vectors along the output row, a few rows per tile."""
+    n, c, h, wd, oc, ocg, nd = g.n, g.c, g.h, g.wd, g.oc, g.ocg, g.nd
+    kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
+    oh, ow, pt, pl, pb, pr = g.oh, g.ow, g.pt, g.pl, g.pb, g.pr
+    vw = ow if ow < lanes else (2 * lanes if ow >= 2 * lanes and round_up(ow, 2 * lanes) - ow < lanes else lanes)
+    max_rows = 4 if vw > lanes else 6
+    rows = min(range(1, min(oh, max_rows) + 1), key=lambda r: (round_up(oh, r) - oh, -r))
+    ow_p, oh_p = round_up(ow, vw), round_up(oh, rows)
+    hp = max(h + pt + pb, (oh_p - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + pl + pr, (ow_p - 1) * sw + (kw - 1) * dw + 1)
+    rkh = te.reduce_axis((0, kh), name="kh")
+    rkw = te.reduce_axis((0, kw), name="kw")
+    if sw == 1:
+        xin, pad = _pad_input(ctx, x, x_at, n, c, h, wd, (pt, pl), hp, wp, acc_t, force=acc_t != dtype)
+
+        def read(nn, cc, yy, xx, off):
+            return xin(nn, cc, yy, xx + off)
+
+    else:
+        # Strided rows are split into their `sw` phases by the padded copy, so that a vector
+        # of output pixels reads consecutive inputs: x[.., w] -> xs[.., w % sw, w // sw].
+        wq = max(-(-wp // sw), ow_p + (kw - 1) * dw // sw)
+
+        def phase_fn(nn, cc, hh, ph, q):
+            ww = q * sw + ph
+            inside = tirx.all(hh >= pt, hh < pt + h, ww >= pl, ww < pl + wd)
+            hi = tirx.min(tirx.max(hh - pt, 0), h - 1)
+            wi = tirx.min(tirx.max(ww - pl, 0), wd - 1)
+            return tirx.if_then_else(inside, cast(x_at(nn, cc, hi, wi), acc_t), tirx.const(0, acc_t))
+
+        pad = xs = te.compute((n, c, hp, sw, wq), phase_fn, name=ctx.name("conv_pad"))
+
+        def read(nn, cc, yy, xx, off):
+            return xs[nn, cc, yy, tirx.floormod(off, sw), xx + tirx.floordiv(off, sw)]
+
+    def acc_fn(nn, o, y, xx):
+        cin = tirx.floordiv(o, ocg)
+        value = read(nn, cin, y * sh + rkh * dh, xx, rkw * dw) * cast(w_at(o, 0, rkh, rkw), acc_t)
+        return te.sum(value, axis=[rkh, rkw])
+
+    ann = {KERNEL: "depthwise", "einfuse.rows": rows, "einfuse.vw": vw, "einfuse.nd": nd}
+    ann["einfuse.pad_stage"] = pad.op.name if pad is not None else ""
+    acc = te.compute((n, oc, oh_p, ow_p), acc_fn, name=ctx.name("conv_acc"), attrs=ann)
+    record(ctx, acc, "conv")
+
+    def view_fn(nn, o, *sp):
+        y, xx = (0, sp[0]) if nd == 1 else sp
+        value = acc[nn, o, y, xx]
+        if bias is not None:
+            value = value + cast(bias[o], acc_t)
+        return cast(value, dtype)
+
+    out_shape = (n, oc, ow) if nd == 1 else (n, oc, oh, ow)
+    return te.compute(out_shape, view_fn, name=ctx.name("conv"))
+
+
+def _naive_conv(ctx, x, w, bias, x_shape, w_shape, kernel, strides, pads, dilations, groups, acc_t, dtype):
+    """Direct N-d convolution without tiling (3-D and up)."""
+    nd = len(x_shape) - 2
+    n, c = x_shape[:2]
+    oc, icg = w_shape[:2]
+    ocg = oc // groups
+    spatial = x_shape[2:]
+    out_sp = [conv_out_dim(spatial[i], kernel[i], strides[i], dilations[i], pads[i], pads[nd + i]) for i in range(nd)]
+    padded = [
+        max(spatial[i] + pads[i] + pads[nd + i], (out_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1)
+        for i in range(nd)
+    ]
+
+    def pad_fn(nn, cc, *sp):
+        inside = tirx.all(*[tirx.all(sp[i] >= pads[i], sp[i] < pads[i] + spatial[i]) for i in range(nd)])
+        idx = [tirx.min(tirx.max(sp[i] - pads[i], 0), spatial[i] - 1) for i in range(nd)]
+        return tirx.if_then_else(inside, cast(x[(nn, cc, *idx)], acc_t), tirx.const(0, acc_t))
+
+    xp = te.compute((n, c, *padded), pad_fn, name=ctx.name("conv_pad"))
+    ric = te.reduce_axis((0, icg), name="ic")
+    rk = [te.reduce_axis((0, kernel[i]), name=f"k{i}") for i in range(nd)]
+
+    def acc_fn(nn, o, *sp):
+        cin = tirx.floordiv(o, ocg) * icg + ric
+        idx = [sp[i] * strides[i] + rk[i] * dilations[i] for i in range(nd)]
+        value = xp[(nn, cin, *idx)] * cast(w[(o, ric, *rk)], acc_t)
+        return te.sum(value, axis=[ric, *rk])
+
+    acc = te.compute((n, oc, *out_sp), acc_fn, name=ctx.name("conv_acc"), attrs={KERNEL: "naive"})
+    record(ctx, acc, "conv")
+
+    def view_fn(nn, o, *sp):
+        value = acc[(nn, o, *sp)]
+        if bias is not None:
+            value = value + cast(bias[o], acc_t)
+        return cast(value, dtype)
+
+    return te.compute((n, oc, *out_sp), view_fn, name=ctx.name("conv"))
+
+
+@emitter("conv_transpose")
+def emit_conv_transpose(ctx, node, x, w, bias=None):
+    """Transposed convolution as a gather over the kernel taps that land on each output."""
+    dtype = dense._check_dtypes("conv_transpose", x, w, bias)
+    acc_t = acc_dtype(dtype, "conv_transpose")
+    if not acc_t.startswith("float"):
+        raise LoweringError(f"conv_transpose: no TVM kernel for dtype {dtype}")
+    x_shape, w_shape = static_shape(x, "conv_transpose input"), static_shape(w, "conv_transpose weight")
+    nd, kernel, strides, pads, dilations, groups = _conv_params(node, x_shape, w_shape)
+    output_padding = tuple(node.attrs.get("output_padding") or (0,) * nd)
+    n, c = x_shape[:2]
+    cg, ocg = c // groups, w_shape[1]
+    oc = ocg * groups
+    spatial = x_shape[2:]
+    out_sp = [
+        strides[i] * (spatial[i] - 1) + output_padding[i] + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[nd + i]
+        for i in range(nd)
+    ]
+    if any(s < 1 for s in out_sp):
+        raise LoweringError(f"conv_transpose: empty output {out_sp}")
+    ric = te.reduce_axis((0, cg), name="ic")
+    rk = [te.reduce_axis((0, kernel[i]), name=f"k{i}") for i in range(nd)]
+
+    def acc_fn(nn, o, *sp):
+        g = tirx.floordiv(o, ocg)
+        cin = g * cg + ric
+        conds, idx = [], []
+        for i in range(nd):
+            t = sp[i] + pads[i] - rk[i] * dilations[i]
+            q = tirx.floordiv(t, strides[i])
+            conds += [t >= 0, tirx.floormod(t, strides[i]) == 0, q < spatial[i]]
+            idx.append(tirx.min(tirx.max(q, 0), spatial[i] - 1))
+        prod = cast(x[(nn, cin, *idx)], acc_t) * cast(w[(cin, tirx.floormod(o, ocg), *rk)], acc_t)
+        return te.sum(tirx.if_then_else(tirx.all(*conds), prod, tirx.const(0, acc_t)), axis=[ric, *rk])
+
+    acc = te.compute((n, oc, *out_sp), acc_fn, name=ctx.name("conv_transpose_acc"), attrs={KERNEL: "naive"})
+    record(ctx, acc, "conv_transpose")
+
+    def view_fn(nn, o, *sp):
+        value = acc[(nn, o, *sp)]
+        if bias is not None:
+            value = value + cast(bias[o], acc_t)
+        return cast(value, dtype)
+
+    return [te.compute((n, oc, *out_sp), view_fn, name=ctx.name("conv_transpose"))]
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def _threads(info) -> int:
+    return getattr(info, "num_threads", 2) or 1
+
+
+def _single_output(sch, acc, keep, n_loops: int):
+    consumers = inline_epilogue(sch, acc, keep)
+    if len(consumers) != 1:
+        return None
+    out = consumers[0]
+    if not is_output(sch, out) or len(sch.get_loops(out)) != n_loops:
+        return None
+    return out
+
+
+def schedule_conv(sch, acc, ann: dict, info) -> set[str]:
+    threads = _threads(info)
+    ocb, reg_n, nd = ann["einfuse.ocb"], ann["einfuse.reg_n"], ann["einfuse.nd"]
+    pack_name = ann.get("einfuse.pack_stage", "")
+    keep = [pack_name] if pack_name else []
+    done = {dense._name(sch, acc), *keep}
+    out = _single_output(sch, acc, keep, nd + 2)
+    if out is None:
+        _conv_anchor_alone(sch, acc, threads)
+    else:
+        done.add(dense._name(sch, out))
+        loops = sch.get_loops(out)
+        if nd == 1:
+            n_l, o_l, w_l = loops
+            h_l = None
+        else:
+            n_l, o_l, h_l, w_l = loops
+        ob, oi = sch.split(o_l, [None, ocb])
+        wo, wi = sch.split(w_l, [None, reg_n])
+        rows = [h_l] if h_l is not None else []
+        sch.reorder(n_l, ob, *rows, wo, oi, wi)
+        # An in-kernel weight pack goes per channel block, inside the parallel loop, when
+        # there are enough blocks to share out: each thread then packs only its own panel
+        # (a cache-resident copy) instead of the whole weight passing through memory twice.
+        blocks = extent(sch, n_l) * extent(sch, ob)
+        per_panel = bool(pack_name) and (blocks % threads == 0 or blocks >= 4 * threads)
+        if per_panel:
+            par = sch.fuse(n_l, ob)
+        else:
+            par = sch.fuse(n_l, ob, *rows)
+        if threads > 1:
+            sch.parallel(par)
+        sch.vectorize(wi)
+        # acc iter vars: (n, ocb, oh, ow, oci | ic, kh, kw).
+        micro_kernel(sch, acc, wo, 5, unroll=[3], vector=4)
+        red = sch.get_loops(acc)[-8:-5]
+        sch.unroll(red[2])
+        if per_panel:
+            pack = sch.get_sblock(pack_name)
+            sch.compute_at(pack, par, preserve_unit_loops=True)
+            # Gathers the panel's output channels (16 lanes) per (ic, kh, kw).
+            sch.vectorize(sch.get_loops(pack)[-1])
+            pack_name = ""
+    if pack_name:
+        schedule_simple(sch, sch.get_sblock(pack_name), threads)
+    schedule_leftovers(sch, done, threads)
+    return done
+
+
+def _conv_anchor_alone(sch, acc, threads: int) -> None:
+    """Fallback when the epilogue has several outputs: the blocked accumulator is computed
+    on its own loops (parallel over channel blocks and rows, vectorized over channels)."""
+    loops = sch.get_loops(acc)
+    n_l, ob, h_l, w_l, oi = loops[:5]
+    par = sch.fuse(n_l, ob, h_l)
+    if threads > 1:
+        sch.parallel(par)
+    red = loops[5:]
+    sch.reorder(*red, w_l, oi)
+    sch.vectorize(oi)
+    init = sch.decompose_reduction(acc, red[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def schedule_depthwise(sch, acc, ann: dict, info) -> set[str]:
+    threads = _threads(info)
+    rows, vw, nd = ann["einfuse.rows"], ann["einfuse.vw"], ann["einfuse.nd"]
+    done = {dense._name(sch, acc)}
+    out = _single_output(sch, acc, [], nd + 2)
+    if out is None:
+        schedule_simple(sch, acc, threads)
+    else:
+        done.add(dense._name(sch, out))
+        loops = sch.get_loops(out)
+        if nd == 1:
+            n_l, o_l, w_l = loops
+            wo, wi = sch.split(w_l, [None, vw])
+            sch.reorder(n_l, o_l, wo, wi)
+            par = sch.fuse(n_l, o_l)
+            tile = wo
+        else:
+            n_l, o_l, h_l, w_l = loops
+            ho, hi = sch.split(h_l, [None, rows])
+            wo, wi = sch.split(w_l, [None, vw])
+            sch.reorder(n_l, o_l, ho, wo, hi, wi)
+            par = sch.fuse(n_l, o_l)
+            tile = wo
+        if threads > 1:
+            sch.parallel(par)
+        sch.vectorize(wi)
+        # acc iter vars: (n, oc, oh, ow | kh, kw).
+        micro_kernel(sch, acc, tile, 4, unroll=[2], vector=3)
+        if ann.get("einfuse.pad_stage"):
+            # Pad one channel at a time right before it is used: the padded copy stays in
+            # cache instead of making a round trip through memory (depthwise convs are
+            # memory-bound).
+            sch.compute_at(sch.get_sblock(ann["einfuse.pad_stage"]), par, preserve_unit_loops=True)
+            done.add(ann["einfuse.pad_stage"])
+    schedule_leftovers(sch, done, threads)
+    return done
+
+
+def schedule_naive(sch, acc, ann: dict, info) -> set[str]:
+    """Plain direct kernels: the epilogue inlined into the output stage, which computes
+    the reduction at its innermost spatial loop; parallel over the outer loops."""
+    threads = _threads(info)
+    done = {dense._name(sch, acc)}
+    n_sp = sum(1 for iv in sch.get(acc).iter_vars if iv.iter_type == tirx.IterVar.DataPar)
+    out = _single_output(sch, acc, [], n_sp)
+    if out is None:
+        schedule_simple(sch, acc, threads)
+    else:
+        done.add(dense._name(sch, out))
+        loops = sch.get_loops(out)
+        par = sch.fuse(*loops[:2])
+        if threads > 1:
+            sch.parallel(par)
+        sch.compute_at(acc, loops[-1], preserve_unit_loops=True)
+    schedule_leftovers(sch, done, threads)
+    return done
+
+
+ANCHOR_SCHEDULES["conv"] = schedule_conv
+ANCHOR_SCHEDULES["depthwise"] = schedule_depthwise
+ANCHOR_SCHEDULES["naive"] = schedule_naive
