@@ -4,161 +4,33 @@ cases for its ops."""
 
 from __future__ import annotations
 
-import copy
-import zlib
-
 import ml_dtypes
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto
-from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from einfuse.codegen import reference
 from einfuse.errors import ShapeError, UnsupportedOpError
-from einfuse.frontends.onnx import MAX_OPSET, MIN_OPSET, convert_model
 from einfuse.ir.builder import Builder
 from einfuse.ir.graph import Graph
 from einfuse.ir.types import DType, TensorType, sym
-
-NP_TO_ONNX = {
-    np.dtype(np.float64): TensorProto.DOUBLE,
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.int16): TensorProto.INT16,
-    np.dtype(np.int8): TensorProto.INT8,
-    np.dtype(np.uint64): TensorProto.UINT64,
-    np.dtype(np.uint32): TensorProto.UINT32,
-    np.dtype(np.uint16): TensorProto.UINT16,
-    np.dtype(np.uint8): TensorProto.UINT8,
-    np.dtype(np.bool_): TensorProto.BOOL,
-}
-# (rtol, atol) per result dtype; integers and bools compare exactly. f16 allows ~2 ulps
-# (onnxruntime and numpy may round intermediate f32 values differently).
-TOL = {
-    np.dtype(np.float64): (1e-12, 1e-14),
-    np.dtype(np.float32): (2e-6, 1e-7),
-    np.dtype(np.float16): (2e-3, 1e-5),
-}
+from tests.onnx_helpers import (
+    OnnxModel,
+    assert_same,
+    conformance_cases,
+    conformance_failures,
+    param_id,
+    rand,
+    seeded_rng,  # noqa: F401 (the rng fixture)
+    tolerances,
+)
 
 
-# ---------------------------------------------------------------------------
-# helpers
-
-
-class Model:
-    """A one-node ONNX model. Operands are (name, array) pairs: a name starting with '@' is an
-    initializer, the others graph inputs; None is an absent optional operand. `dims` overrides
-    the declared shape of graph inputs (e.g. {"x": ["B", 3]})."""
-
-    def __init__(self, op_type, operands, *, opset=21, n_outputs=1, dims=None, **attrs):
-        self.args = (op_type, list(operands), dict(opset=opset, n_outputs=n_outputs, dims=dims, **attrs))
-        names, inputs, inits, self.feeds = [], [], [], {}
-        for item in operands:
-            if item is None:
-                names.append("")
-                continue
-            name, arr = item
-            arr = np.asarray(arr)
-            if name.startswith("@"):
-                name = name[1:]
-                inits.append(nh.from_array(arr, name))
-            else:
-                shape = (dims or {}).get(name, arr.shape)
-                inputs.append(oh.make_tensor_value_info(name, NP_TO_ONNX[arr.dtype], shape))
-                self.feeds[name] = arr
-            names.append(name)
-        outs = [f"y{i}" for i in range(n_outputs)]
-        node = oh.make_node(op_type, names, outs, name="n0", **attrs)
-        graph = oh.make_graph(
-            [node], "g", inputs, [oh.make_empty_tensor_value_info(o) for o in outs], initializer=inits
-        )
-        self.proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-        self.proto.ir_version = 8 if opset <= 18 else 10
-
-    def graph(self) -> Graph:
-        return convert_model(self.proto)
-
-    def einfuse(self) -> list:
-        return list(reference.run(self.graph(), self.feeds).values())
-
-    def ort(self) -> list:
-        sess = ort.InferenceSession(self.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, self.feeds)
-
-    def retyped(self, via: dict, only=None) -> "Model":
-        """The same model with the operands (named in `only`, default all) of a dtype in `via`
-        cast to via[dtype]."""
-        op_type, operands, kw = self.args
-        new = []
-        for item in operands:
-            if item is not None and (only is None or item[0].lstrip("@") in only):
-                arr = np.asarray(item[1])
-                item = (item[0], arr.astype(via.get(arr.dtype.type, arr.dtype)))
-            new.append(item)
-        return Model(op_type, new, **kw)
-
-    def check(self, rtol=None, atol=None, via=None, only=None) -> list:
-        """einfuse's results against onnxruntime's. Where onnxruntime has no kernel for these
-        dtypes (or ONNX does not allow them), `via` names wider types to run it in: its results
-        there, cast back, are the oracle, compared with at most f32 precision."""
-        got = self.einfuse()
-        try:
-            want = self.ort()
-        except Exception as e:
-            if via is None or not ort_refuses(e):
-                raise
-            want = [w.astype(g.dtype) for w, g in zip(self.retyped(via, only).ort(), got)]
-            if any(g.dtype == np.float64 for g in got):
-                rtol, atol = TOL[np.dtype(np.float32)]
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert_same(g, w, rtol, atol)
-        return got
-
-
-def ort_refuses(e: Exception) -> bool:
-    """onnxruntime has no kernel for the dtypes, or ONNX's type constraints exclude them."""
-    return "NOT_IMPLEMENTED" in str(e) or "Type Error" in str(e)
-
-
-def assert_same(got: np.ndarray, want: np.ndarray, rtol=None, atol=None) -> None:
-    assert got.dtype == want.dtype, (got.dtype, want.dtype)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    if got.dtype.kind in "iub":
-        np.testing.assert_array_equal(got, want)
-        return
-    default_rtol, default_atol = TOL.get(got.dtype, (1e-2, 1e-2))
-    np.testing.assert_allclose(
-        got.astype(np.float64),
-        want.astype(np.float64),
-        rtol=default_rtol if rtol is None else rtol,
-        atol=default_atol if atol is None else atol,
-        equal_nan=True,
-    )
-
-
-def param_id(v) -> str:
-    return np.dtype(v).name if isinstance(v, type) else str(v)
-
-
-@pytest.fixture
-def rng(request):
-    # One seed per test id (crc32, unlike hash(), is stable across runs).
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-def rand(rng, shape, dtype=np.float32, lo=-3.0, hi=3.0) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return rng.integers(0, 2, size=shape).astype(bool)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(max(int(lo), info.min), min(int(hi), info.max) + 1, size=shape).astype(dtype)
-    return rng.uniform(lo, hi, size=shape).astype(dtype)
+class Model(OnnxModel):
+    default_opset = 21
+    # (rtol, atol) per result dtype; integers and bools compare exactly. f16 allows ~2 ulps
+    # (onnxruntime and numpy may round intermediate f32 values differently).
+    tol = tolerances(f16=(2e-3, 1e-5), f32=(2e-6, 1e-7), f64=(1e-12, 1e-14))
 
 
 FLOATS = [np.float32, np.float64, np.float16]
@@ -391,7 +263,9 @@ def test_is_nan_is_inf(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int64, np.uint8, np.bool_])
 def test_where_broadcasts_all_three(dtype, rng):
     cond = rand(rng, (2, 1, 4), bool)
-    m = Model("Where", [("c", cond), ("x", rand(rng, (3, 1), dtype)), ("y", rand(rng, (4,), dtype))], opset=16)
+    m = Model(
+        "Where", [("c", cond), ("x", rand(rng, (3, 1), dtype, -3, 3)), ("y", rand(rng, (4,), dtype, -3, 3))], opset=16
+    )
     m.check(via={np.bool_: np.uint8}, only=("x", "y"))
 
 
@@ -564,7 +438,7 @@ def test_shrink_on_integers(rng):
 
 @pytest.mark.parametrize("slope_shape", [(), (1,), (5,), (3, 1, 1), (3, 4, 5)], ids=str)
 def test_prelu_slope_broadcasts_to_the_input(slope_shape, rng):
-    x = rand(rng, (2, 3, 4, 5))
+    x = rand(rng, (2, 3, 4, 5), lo=-3, hi=3)
     Model("PRelu", [("x", x), ("@slope", rand(rng, slope_shape, lo=0, hi=1))], opset=16).check()
 
 
@@ -579,7 +453,7 @@ def test_swish():
 
 
 def test_identity_and_inference_dropout(rng):
-    x = rand(rng, (3, 4))
+    x = rand(rng, (3, 4), lo=-3, hi=3)
     Model("Identity", [("x", x)], opset=21).check()
     x[0, 0] = np.nan
     # The inference mask keeps every element: all ones (bool from opset 10, the input's type
@@ -589,21 +463,21 @@ def test_identity_and_inference_dropout(rng):
         (10, [("x", x)], np.bool_),
         (13, [("x", x), ("@ratio", np.float32(0.7)), ("@training", np.bool_(False))], np.bool_),
     ]:
-        m = Model("Dropout", operands, n_outputs=2, opset=opset)
+        m = Model("Dropout", operands, outputs=2, opset=opset)
         got = m.einfuse()
-        assert_same(got[0], m.ort()[0])
-        assert_same(got[1], np.ones(x.shape, mask_dtype))
+        assert_same(got[0], m.ort()[0], table=Model.tol)
+        assert_same(got[1], np.ones(x.shape, mask_dtype), table=Model.tol)
 
 
 def test_training_dropout_is_refused():
     x = np.ones((2, 2), np.float32)
-    m = Model("Dropout", [("x", x), ("@ratio", np.float32(0.5)), ("@training", np.bool_(True))], n_outputs=2, opset=13)
+    m = Model("Dropout", [("x", x), ("@ratio", np.float32(0.5)), ("@training", np.bool_(True))], outputs=2, opset=13)
     with pytest.raises(UnsupportedOpError, match="training-mode dropout"):
         m.graph()
     # With ratio 0 training mode is still the identity.
-    m = Model("Dropout", [("x", x), ("@ratio", np.float32(0.0)), ("@training", np.bool_(True))], n_outputs=2, opset=13)
+    m = Model("Dropout", [("x", x), ("@ratio", np.float32(0.0)), ("@training", np.bool_(True))], outputs=2, opset=13)
     got = m.einfuse()
-    assert_same(got[0], x)
+    assert_same(got[0], x, table=Model.tol)
     assert got[1].all()
 
 
@@ -676,7 +550,7 @@ def test_quantize_to_float8_matches_cast():
 
 def test_symbolic_broadcast_shapes():
     x = np.ones((2, 3), np.float32)
-    m = Model("Add", [("x", x), ("y", np.ones((3,), np.float32))], dims={"x": ["B", 3]})
+    m = Model("Add", [("x", x), ("y", np.ones((3,), np.float32))], input_shapes={"x": ["B", 3]})
     g = m.graph()
     assert g.outputs[0].type == TensorType((sym("B"), 3), DType.f32)
     m.check()
@@ -684,7 +558,7 @@ def test_symbolic_broadcast_shapes():
     m = Model(
         "Where",
         [("c", np.ones((2, 1), bool)), ("x", np.ones((1, 5), np.float32)), ("y", np.float32(0))],
-        dims={"c": ["B", 1], "x": [1, "S"]},
+        input_shapes={"c": ["B", 1], "x": [1, "S"]},
         opset=16,
     )
     assert m.graph().outputs[0].type == TensorType((sym("B"), sym("S")), DType.f32)
@@ -699,7 +573,7 @@ def test_symbolic_shape_through_cast_clip_and_quantize():
         ("QuantizeLinear", [("@s", np.float32(0.1))], {}, DType.u8),
         ("Sum", [("z", np.ones((7,), np.float32))], {}, DType.f32),
     ]:
-        m = Model(op, [("x", x), *extra], dims={"x": ["N", 7]}, **attrs)
+        m = Model(op, [("x", x), *extra], input_shapes={"x": ["N", 7]}, **attrs)
         assert m.graph().outputs[0].type == TensorType((sym("N"), 7), dtype), op
         m.check()
 
@@ -814,48 +688,9 @@ def expected_unsupported(name: str) -> str | None:
     return None
 
 
-class _Case:
-    """A conformance case whose model is run at another opset (see conformance_cases)."""
-
-    def __init__(self, case, model):
-        self.name, self.model = case.name, model
-        self.data_sets, self.rtol, self.atol = case.data_sets, case.rtol, case.atol
-
-
-def conformance_cases(ops: frozenset) -> list:
-    """The ONNX node cases built only from `ops` (and Constant). Cases exported at opsets
-    outside einfuse's range (Not at opset 1; opset 26-28 versions of Mod, BitShift, Cast,
-    QuantizeLinear...) run at the nearest supported opset: those ops changed only by
-    accepting more types or defining more cases, which the converters already handle."""
-    from einfuse.testing.conformance import collect_cases
-
-    out = []
-    for case in collect_cases():
-        if not {n.op_type for n in case.model.graph.node} <= ops | {"Constant"}:
-            continue
-        model = case.model
-        opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
-        if not MIN_OPSET <= opset <= MAX_OPSET:
-            model = copy.deepcopy(model)
-            for imp in model.opset_import:
-                if imp.domain in ("", "ai.onnx"):
-                    imp.version = min(max(imp.version, MIN_OPSET), MAX_OPSET)
-        out.append(_Case(case, model))
-    return out
-
-
 def test_onnx_conformance_cases():
-    from einfuse.testing.conformance import PASSED, SPECIALIZED, UNSUPPORTED, run_case
-
-    cases = conformance_cases(ONNX_OPS)
+    cases = conformance_cases(ONNX_OPS, helpers={"Constant"})
     assert len(cases) > 500
-    wrong, refused = [], []
-    for case in cases:
-        res = run_case(case)
-        why = expected_unsupported(case.name)
-        if why is None and res.outcome not in (PASSED, SPECIALIZED):
-            wrong.append(f"{case.name}: {res.outcome}: {res.message}")
-        elif why is not None and res.outcome != UNSUPPORTED:
-            refused.append(f"{case.name} ({why}) should be refused cleanly: {res.outcome}: {res.message}")
+    refused = {case.name: why for case in cases if (why := expected_unsupported(case.name))}
+    wrong = conformance_failures(cases, refused=refused)
     assert not wrong, "\n".join(wrong)
-    assert not refused, "\n".join(refused)

@@ -5,88 +5,33 @@ conformance cases."""
 
 from __future__ import annotations
 
-import warnings
-import zlib
-
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto
-from onnx import helper as oh
-from onnx import numpy_helper as nh
 
 from einfuse.codegen import reference
 from einfuse.errors import ShapeError, UnsupportedOpError
-from einfuse.frontends.onnx import convert_model
 from einfuse.ir.ops import OUT_FUSABLE, get_op
 from einfuse.ir.types import DType, TensorType, sym
-
-NP_TO_ONNX = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.uint8): TensorProto.UINT8,
-    np.dtype(np.int8): TensorProto.INT8,
-}
-
-
-class Model:
-    """A one-node ONNX model. Operands are (name, array) pairs: names starting with '@' become
-    initializers, the others graph inputs; None is an absent optional operand."""
-
-    def __init__(self, op_type, operands, *, opset=21, n_outputs=1, input_shapes=None, **attrs):
-        names, inputs, inits, self.feeds = [], [], [], {}
-        for item in operands:
-            if item is None:
-                names.append("")
-                continue
-            name, arr = item
-            arr = np.asarray(arr)
-            if name.startswith("@"):
-                name = name[1:]
-                inits.append(nh.from_array(arr, name))
-            else:
-                shape = (input_shapes or {}).get(name, arr.shape)
-                inputs.append(oh.make_tensor_value_info(name, NP_TO_ONNX[arr.dtype], shape))
-                self.feeds[name] = arr
-            names.append(name)
-        outs = [f"y{i}" for i in range(n_outputs)]
-        node = oh.make_node(op_type, names, outs, name="n0", **attrs)
-        graph = oh.make_graph(
-            [node], "g", inputs, [oh.make_empty_tensor_value_info(o) for o in outs], initializer=inits
-        )
-        self.proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-        self.proto.ir_version = 10
-
-    def graph(self):
-        return convert_model(self.proto)
-
-    def einfuse(self) -> list:
-        return list(reference.run(self.graph(), self.feeds).values())
-
-    def ort(self) -> list:
-        sess = ort.InferenceSession(self.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, self.feeds)
-
-    def check(self, max_diff: int = 0) -> list:
-        """Outputs must agree exactly (integers), or within `max_diff` units."""
-        got, want = self.einfuse(), self.ort()
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-            diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
-            assert diff.max(initial=0) <= max_diff, f"max difference {diff.max()} (> {max_diff})"
-        return got
+from tests.onnx_helpers import (
+    OnnxModel,
+    case_ids,
+    check_conformance_case,
+    conformance_cases,
+    rand,
+    seeded_rng,  # noqa: F401 (the rng fixture)
+    uniform_tol,
+)
 
 
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+class Model(OnnxModel):
+    default_opset = 21
+    tol = uniform_tol(0.0, 0.0)  # integer results: exact
 
 
 def q(rng, *shape, dtype=np.uint8) -> np.ndarray:
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    """Integers over the whole range of `dtype`."""
+    return rand(rng, shape, dtype, np.iinfo(dtype).min, np.iinfo(dtype).max)
 
 
 def scale(value, shape=()) -> np.ndarray:
@@ -273,7 +218,7 @@ def test_dynamic_quantize_linear(rng, values, shape):
         "one_value": lambda: np.full(shape, 2.5),
         "wide": lambda: rng.standard_normal(shape) * 1e4,
     }[values]().astype(np.float32)
-    y, s, z = Model("DynamicQuantizeLinear", [("x", x)], opset=11, n_outputs=3).check()
+    y, s, z = Model("DynamicQuantizeLinear", [("x", x)], opset=11, outputs=3).check()
     assert y.shape == shape and s.shape == () and z.shape == ()
 
 
@@ -329,7 +274,7 @@ def test_errors(rng):
     with pytest.raises(ShapeError, match="3 channels but the weight"):
         Model("ConvInteger", [("x", q(rng, 1, 3, 5, 5)), ("@w", w)], opset=10).graph()
     with pytest.raises(ShapeError, match="x must be a float tensor"):
-        Model("DynamicQuantizeLinear", [("x", np.zeros(3, np.int32))], opset=11, n_outputs=3).graph()
+        Model("DynamicQuantizeLinear", [("x", np.zeros(3, np.int32))], opset=11, outputs=3).graph()
     symbolic = {"x": [1, 2, "H", 5]}
     with pytest.raises(UnsupportedOpError, match="auto_pad with stride 2 needs static spatial dims"):
         Model("QLinearConv", base, opset=10, auto_pad="SAME_UPPER", strides=[2, 2], input_shapes=symbolic).graph()
@@ -349,32 +294,13 @@ def test_float8_qlinear_matmul_is_refused():
 QUANT_OPS = {"QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
 
 
-def _cases() -> list:
-    import importlib
-
-    import onnx.backend.test.case.node as node_cases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for mod in ("qlinearmatmul", "qlinearconv", "matmulinteger", "convinteger", "dynamicquantizelinear"):
-            importlib.import_module(f"{node_cases.__name__}.{mod}")
-    return [c for c in node_cases._NodeTestCases if {n.op_type for n in c.model.graph.node} <= QUANT_OPS]
-
-
-CASES = _cases()
+CASES = conformance_cases(QUANT_OPS)
 
 
 def test_conformance_cases_are_collected():
-    assert len({c.name for c in CASES}) == 15
+    assert len(CASES) == 15
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 def test_onnx_conformance(case):
-    names = [i.name for i in case.model.graph.input]
-    graph = convert_model(case.model)
-    for inputs, expected in case.data_sets:
-        got = list(reference.run(graph, dict(zip(names, inputs))).values())
-        assert len(got) == len(expected)
-        for g, e in zip(got, expected):
-            assert g.dtype == e.dtype and g.shape == e.shape
-            np.testing.assert_allclose(g.astype(np.float64), e.astype(np.float64), rtol=case.rtol, atol=case.atol)
+    check_conformance_case(case)

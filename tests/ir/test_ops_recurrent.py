@@ -4,11 +4,7 @@ activations; symbolic shapes; errors; and the ONNX conformance cases."""
 
 from __future__ import annotations
 
-import warnings
-import zlib
-
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 from onnx import helper as oh
@@ -16,87 +12,37 @@ from onnx import numpy_helper as nh
 
 from einfuse.codegen import reference
 from einfuse.errors import ShapeError, UnsupportedOpError
-from einfuse.frontends.onnx import convert_model
 from einfuse.ir.types import DType, TensorType, sym
+from tests.onnx_helpers import (
+    OnnxModel,
+    case_ids,
+    check_conformance_case,
+    conformance_cases,
+    randn,
+    seeded_rng,  # noqa: F401 (the rng fixture)
+    uniform_tol,
+)
 
-NP_TO_ONNX = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float64): TensorProto.DOUBLE,
-    np.dtype(np.int32): TensorProto.INT32,
-}
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 DIRS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
-class Model:
-    """A one-node ONNX model. Operands are (name, array) pairs: names starting with '@' become
-    initializers, the others graph inputs; None is an absent optional operand."""
-
-    def __init__(self, op_type, operands, *, outputs, opset=22, input_shapes=None, **attrs):
-        names, inputs, inits, self.feeds = [], [], [], {}
-        for item in operands:
-            if item is None:
-                names.append("")
-                continue
-            name, arr = item
-            if name.startswith("@"):
-                name = name[1:]
-                inits.append(nh.from_array(arr, name))
-            else:
-                shape = (input_shapes or {}).get(name, arr.shape)
-                inputs.append(oh.make_tensor_value_info(name, NP_TO_ONNX[arr.dtype], shape))
-                self.feeds[name] = arr
-            names.append(name)
-        node = oh.make_node(op_type, names, outputs, name="n0", **attrs)
-        used = [o for o in outputs if o]
-        graph = oh.make_graph(
-            [node], "g", inputs, [oh.make_empty_tensor_value_info(o) for o in used], initializer=inits
-        )
-        self.proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-        self.proto.ir_version = 10
-
-    def graph(self):
-        return convert_model(self.proto)
-
-    def einfuse(self) -> list:
-        return list(reference.run(self.graph(), self.feeds).values())
-
-    def ort(self) -> list:
-        sess = ort.InferenceSession(self.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, self.feeds)
-
-    def check(self, rtol=1e-4, atol=1e-5):
-        got, want = self.einfuse(), self.ort()
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-        return got
+class Model(OnnxModel):
+    default_opset = 22
+    tol = uniform_tol(1e-4, 1e-5)
 
 
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-class BatchMajor:
+class BatchMajor(Model):
     """A layout=1 model checked against onnxruntime, which only runs layout=0: the time-major
     twin runs in onnxruntime on transposed inputs, its outputs are transposed back."""
 
-    def __init__(self, model: Model, twin: Model):
-        self.model, self.twin = model, twin
+    def __init__(self, op_type, operands, *, twin: Model, **kw):
+        super().__init__(op_type, operands, **kw)
+        self.twin = twin
 
-    def graph(self):
-        return self.model.graph()
-
-    def einfuse(self) -> list:
-        return self.model.einfuse()
-
-    def ort(self) -> list:
-        outs = self.twin.ort()
-        return [np.transpose(o, (2, 0, 1, 3) if o.ndim == 4 else (1, 0, 2)) for o in outs]
-
-    check = Model.check
+    def ort(self, feeds=None) -> list:
+        assert feeds is None, "the twin runs on its own (transposed) feeds"
+        return [np.transpose(o, (2, 0, 1, 3) if o.ndim == 4 else (1, 0, 2)) for o in self.twin.ort()]
 
 
 def recurrent_model(
@@ -120,17 +66,17 @@ def recurrent_model(
     """A random RNN/GRU/LSTM; weights are initializers, X, the initial states and lens inputs."""
     dirs, gates = DIRS.get(direction, 1), GATES[op]
 
-    def rand(*shape, scale=0.5):
-        return (rng.standard_normal(shape) * scale).astype(dtype)
+    def weights(*shape):
+        return randn(rng, shape, dtype, scale=0.5)
 
-    operands = [("X", rand(seq, batch, inputs, scale=1.0)), ("@W", rand(dirs, gates * hidden, inputs))]
-    operands.append(("@R", rand(dirs, gates * hidden, hidden)))
-    operands.append(("@B", rand(dirs, 2 * gates * hidden)) if bias else None)
+    operands = [("X", randn(rng, (seq, batch, inputs), dtype)), ("@W", weights(dirs, gates * hidden, inputs))]
+    operands.append(("@R", weights(dirs, gates * hidden, hidden)))
+    operands.append(("@B", weights(dirs, 2 * gates * hidden)) if bias else None)
     operands.append(("lens", np.asarray(lens, np.int32)) if lens is not None else None)
-    operands.append(("h0", rand(dirs, batch, hidden)) if initial else None)
+    operands.append(("h0", weights(dirs, batch, hidden)) if initial else None)
     if op == "LSTM":
-        operands.append(("c0", rand(dirs, batch, hidden)) if initial else None)
-        operands.append(("@P", rand(dirs, 3 * hidden)) if peepholes else None)
+        operands.append(("c0", weights(dirs, batch, hidden)) if initial else None)
+        operands.append(("@P", weights(dirs, 3 * hidden)) if peepholes else None)
     while operands[-1] is None:
         operands.pop()
     if outputs is None:
@@ -143,7 +89,7 @@ def recurrent_model(
         None if item is None else (item[0], np.swapaxes(item[1], 0, 1) if item[0] in ("X", "h0", "c0") else item[1])
         for item in operands
     ]
-    return BatchMajor(Model(op, batch_major, layout=1, **common), twin)
+    return BatchMajor(op, batch_major, twin=twin, layout=1, **common)
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +226,6 @@ def test_float16_computes_in_f32(rng):
 @pytest.mark.parametrize("layout", [0, 1])
 def test_symbolic_shapes(rng, layout):
     m = recurrent_model(rng, "LSTM", direction="bidirectional", layout=layout)
-    m = m.model if layout else m
     dims = m.proto.graph.input[0].type.tensor_type.shape.dim
     (dims[0].dim_param, dims[1].dim_param) = ("S", "B") if layout == 0 else ("B", "S")
     g = m.graph()
@@ -336,32 +281,13 @@ def test_bad_sequence_lens_at_run_time(rng):
 RECURRENT_OPS = {"RNN", "GRU", "LSTM"}
 
 
-def _cases() -> list:
-    import importlib
-
-    import onnx.backend.test.case.node as node_cases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for mod in ("rnn", "gru", "lstm"):
-            importlib.import_module(f"{node_cases.__name__}.{mod}")
-    return [c for c in node_cases._NodeTestCases if {n.op_type for n in c.model.graph.node} <= RECURRENT_OPS]
-
-
-CASES = _cases()
+CASES = conformance_cases(RECURRENT_OPS)
 
 
 def test_conformance_cases_are_collected():
-    assert len({c.name for c in CASES}) == 18
+    assert len(CASES) == 18
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 def test_onnx_conformance(case):
-    names = [i.name for i in case.model.graph.input]
-    graph = convert_model(case.model)
-    for inputs, expected in case.data_sets:
-        got = list(reference.run(graph, dict(zip(names, inputs))).values())
-        assert len(got) == len(expected)
-        for g, e in zip(got, expected):
-            assert g.dtype == e.dtype and g.shape == e.shape
-            np.testing.assert_allclose(g, e, rtol=case.rtol, atol=case.atol)
+    check_conformance_case(case)

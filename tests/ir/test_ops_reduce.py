@@ -4,121 +4,32 @@ their symbolic shape inference, their errors, and the ONNX conformance cases."""
 
 from __future__ import annotations
 
-import copy
-import zlib
-
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto
-from onnx import helper as oh
-from onnx import numpy_helper as nh
 
 from einfuse.codegen import reference
 from einfuse.errors import ShapeError
-from einfuse.frontends.onnx import MAX_OPSET, MIN_OPSET, DynamicOperandError, convert_model
+from einfuse.frontends.onnx import DynamicOperandError
 from einfuse.ir.builder import Builder
 from einfuse.ir.graph import Graph
 from einfuse.ir.types import DType, TensorType, sym
-
-NP_TO_ONNX = {
-    np.dtype(np.float64): TensorProto.DOUBLE,
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.int8): TensorProto.INT8,
-    np.dtype(np.uint8): TensorProto.UINT8,
-    np.dtype(np.bool_): TensorProto.BOOL,
-}
-# (rtol, atol) per result dtype; integers and bools compare exactly. Reductions may sum in
-# another order than onnxruntime: a few ulps of the result's dtype.
-TOL = {
-    np.dtype(np.float64): (1e-12, 1e-12),
-    np.dtype(np.float32): (1e-5, 1e-6),
-    np.dtype(np.float16): (4e-3, 1e-3),
-}
+from tests.onnx_helpers import (
+    OnnxModel,
+    assert_same,
+    conformance_cases,
+    conformance_failures,
+    param_id,
+    rand,
+    seeded_rng,  # noqa: F401 (the rng fixture)
+    tolerances,
+)
 
 
-# ---------------------------------------------------------------------------
-# helpers
-
-
-class Model:
-    """A one-node ONNX model. Operands are (name, array) pairs: a name starting with '@' is an
-    initializer, the others graph inputs; None is an absent optional operand. `dims` overrides
-    the declared shape of graph inputs (e.g. {"x": ["B", 3]})."""
-
-    def __init__(self, op_type, operands, *, opset=18, dims=None, **attrs):
-        names, inputs, inits, self.feeds = [], [], [], {}
-        for item in operands:
-            if item is None:
-                names.append("")
-                continue
-            name, arr = item
-            arr = np.asarray(arr)
-            if name.startswith("@"):
-                name = name[1:]
-                inits.append(nh.from_array(arr, name))
-            else:
-                shape = (dims or {}).get(name, arr.shape)
-                inputs.append(oh.make_tensor_value_info(name, NP_TO_ONNX[arr.dtype], shape))
-                self.feeds[name] = arr
-            names.append(name)
-        node = oh.make_node(op_type, names, ["y"], name="n0", **attrs)
-        graph = oh.make_graph([node], "g", inputs, [oh.make_empty_tensor_value_info("y")], initializer=inits)
-        self.proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-        self.proto.ir_version = 8 if opset <= 18 else 10
-
-    def graph(self) -> Graph:
-        return convert_model(self.proto)
-
-    def einfuse(self) -> np.ndarray:
-        return next(iter(reference.run(self.graph(), self.feeds).values()))
-
-    def ort(self) -> np.ndarray:
-        sess = ort.InferenceSession(self.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, self.feeds)[0]
-
-    def check(self, rtol=None, atol=None) -> np.ndarray:
-        got, want = self.einfuse(), self.ort()
-        assert_same(got, want, rtol, atol)
-        return got
-
-
-def assert_same(got: np.ndarray, want: np.ndarray, rtol=None, atol=None) -> None:
-    assert got.dtype == want.dtype, (got.dtype, want.dtype)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    if got.dtype.kind in "iub":
-        np.testing.assert_array_equal(got, want)
-        return
-    default_rtol, default_atol = TOL.get(got.dtype, (1e-2, 1e-2))
-    np.testing.assert_allclose(
-        got.astype(np.float64),
-        want.astype(np.float64),
-        rtol=default_rtol if rtol is None else rtol,
-        atol=default_atol if atol is None else atol,
-        equal_nan=True,
-    )
-
-
-def param_id(v) -> str:
-    return np.dtype(v).name if isinstance(v, type) else str(v)
-
-
-@pytest.fixture
-def rng(request):
-    # One seed per test id (crc32, unlike hash(), is stable across runs).
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-def rand(rng, shape, dtype=np.float32, lo=-3.0, hi=3.0) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return rng.integers(0, 2, size=shape).astype(bool)
-    if dtype.kind in "iu":
-        return rng.integers(int(lo), int(hi) + 1, size=shape).astype(dtype)
-    return rng.uniform(lo, hi, size=shape).astype(dtype)
+class Model(OnnxModel):
+    default_opset = 18
+    # (rtol, atol) per result dtype; integers and bools compare exactly. Reductions may sum in
+    # another order than onnxruntime: a few ulps of the result's dtype.
+    tol = tolerances(f16=(4e-3, 1e-3), f32=(1e-5, 1e-6), f64=(1e-12, 1e-12))
 
 
 REDUCE_OPS = [
@@ -167,7 +78,7 @@ def test_reduce_with_axes_operand(op, dtype, axes, keepdims, rng):
         # type (each truncated), which is not log-sum-exp. ONNX leaves integers unspecified.
         ax = tuple(range(3)) if axes is None else tuple(a % 3 for a in axes)
         want = np.trunc(np.log(np.exp(x.astype(np.float64)).sum(axis=ax, keepdims=bool(keepdims))))
-        assert_same(m.einfuse(), want.astype(dtype))
+        assert_same(m.einfuse()[0], want.astype(dtype), table=Model.tol)
         return
     m.check()
 
@@ -190,7 +101,7 @@ def test_empty_axes(op, noop, rng):
     # reduced on its own (x*x for ReduceSumSquare, |x| for ReduceL2...), as onnxruntime does.
     x = inputs_for(op, rng, (3, 4), np.float32)
     m = Model(op, [("x", x), ("@axes", np.zeros((0,), np.int64))], noop_with_empty_axes=noop, opset=18)
-    got = m.check()
+    (got,) = m.check()
     assert got.shape == ((3, 4) if noop else (1, 1))
 
 
@@ -201,7 +112,7 @@ def test_reduce_over_an_empty_set(op):
     m = Model(op, [("x", x), ("@axes", np.array([1], np.int64))], keepdims=0, opset=18)
     if op == "ReduceMean":
         # 0 / 0: NaN, as numpy and torch say (onnxruntime returns 0; ONNX leaves it undefined).
-        assert np.isnan(m.einfuse()).all()
+        assert np.isnan(m.einfuse()[0]).all()
     else:
         m.check()
     Model(op, [("x", x.astype(np.int32)), ("@axes", np.array([1], np.int64))], opset=18).check()
@@ -218,13 +129,13 @@ def test_nan_propagates_through_max():
     # onnxruntime skips NaN in ReduceMax; einfuse propagates it, like the ONNX reference and
     # torch (and like its elementwise max).
     x = np.array([[1.0, np.nan, 5.0], [1.0, 2.0, 3.0]], np.float32)
-    got = Model("ReduceMax", [("x", x), ("@axes", np.array([1], np.int64))], keepdims=0).einfuse()
+    got = Model("ReduceMax", [("x", x), ("@axes", np.array([1], np.int64))], keepdims=0).einfuse()[0]
     np.testing.assert_array_equal(got, np.array([np.nan, 3.0], np.float32))
 
 
 def test_integer_mean_truncates_like_onnxruntime():
     x = np.array([[-1, -2], [3, 4], [-7, 2]], np.int32)
-    got = Model("ReduceMean", [("x", x), ("@axes", np.array([1], np.int64))], keepdims=0).check()
+    (got,) = Model("ReduceMean", [("x", x), ("@axes", np.array([1], np.int64))], keepdims=0).check()
     np.testing.assert_array_equal(got, [-1, 3, -2])
 
 
@@ -260,12 +171,13 @@ ARG_GRID = [(np.float32, axis, keepdims, last) for axis in (0, 1, -1) for keepdi
 @pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
 def test_arg_extremum(op, dtype, axis, keepdims, select_last_index, rng):
     x = rand(rng, (3, 4, 5), dtype, 0, 3)  # few distinct values: many ties
-    got = Model(op, [("x", x)], axis=axis, keepdims=keepdims, select_last_index=select_last_index, opset=13).check()
+    m = Model(op, [("x", x)], axis=axis, keepdims=keepdims, select_last_index=select_last_index, opset=13)
+    (got,) = m.check()
     assert got.dtype == np.int64
 
 
 def test_arg_extremum_before_select_last_index(rng):
-    Model("ArgMax", [("x", rand(rng, (4, 6)))], axis=1, opset=11).check()
+    Model("ArgMax", [("x", rand(rng, (4, 6), lo=-3, hi=3))], axis=1, opset=11).check()
 
 
 # ---------------------------------------------------------------------------
@@ -293,7 +205,7 @@ def test_cumsum_axis_must_be_constant():
         m.graph()
     assert e.value.value_name == "axis"
     # Bound to its value, the model imports.
-    g = convert_model(m.proto, bind_inputs={"axis": np.array(1, np.int64)})
+    g = m.graph(bind_inputs={"axis": np.array(1, np.int64)})
     out = next(iter(reference.run(g, {"x": np.ones((2, 3), np.float32)}).values()))
     np.testing.assert_array_equal(out, [[1, 2, 3], [1, 2, 3]])
 
@@ -305,16 +217,16 @@ def test_cumsum_axis_must_be_constant():
 def test_symbolic_shapes():
     x = np.ones((2, 5, 4), np.float32)
     dims = {"x": ["B", "S", 4]}
-    m = Model("ReduceMean", [("x", x), ("@axes", np.array([1], np.int64))], keepdims=0, dims=dims)
+    m = Model("ReduceMean", [("x", x), ("@axes", np.array([1], np.int64))], keepdims=0, input_shapes=dims)
     assert m.graph().outputs[0].type == TensorType((sym("B"), 4), DType.f32)
     m.check()
-    m = Model("ReduceSum", [("x", x), ("@axes", np.array([-1], np.int64))], dims=dims, opset=13)
+    m = Model("ReduceSum", [("x", x), ("@axes", np.array([-1], np.int64))], input_shapes=dims, opset=13)
     assert m.graph().outputs[0].type == TensorType((sym("B"), sym("S"), 1), DType.f32)
     m.check()
-    m = Model("ArgMax", [("x", x)], axis=1, keepdims=0, dims=dims, opset=13)
+    m = Model("ArgMax", [("x", x)], axis=1, keepdims=0, input_shapes=dims, opset=13)
     assert m.graph().outputs[0].type == TensorType((sym("B"), 4), DType.i64)
     m.check()
-    m = Model("CumSum", [("x", x), ("@axis", np.array(1, np.int64))], dims=dims, opset=14)
+    m = Model("CumSum", [("x", x), ("@axis", np.array(1, np.int64))], input_shapes=dims, opset=14)
     assert m.graph().outputs[0].type == TensorType((sym("B"), sym("S"), 4), DType.f32)
     m.check()
 
@@ -365,44 +277,8 @@ ONNX_OPS = frozenset(REDUCE_OPS) | {"ArgMax", "ArgMin", "CumSum"}
 HELPER_OPS = frozenset({"Abs", "Mul", "Log", "Exp", "Cast", "CastLike", "Sqrt", "Constant", "Add", "Sub", "Neg"})
 
 
-class _Case:
-    """A conformance case whose model is run at another opset (see conformance_cases)."""
-
-    def __init__(self, case, model):
-        self.name, self.model = case.name, model
-        self.data_sets, self.rtol, self.atol = case.data_sets, case.rtol, case.atol
-
-
-def conformance_cases() -> list:
-    """The ONNX node cases of the reduce ops (with their expanded forms). Cases exported at
-    an opset above einfuse's maximum run at that maximum (ReduceLogSum(Exp) at opset 28
-    only added bf16 and defined the empty set)."""
-    from einfuse.testing.conformance import collect_cases
-
-    out = []
-    for case in collect_cases():
-        ops = {n.op_type for n in case.model.graph.node}
-        if not (ops & ONNX_OPS) or not ops <= ONNX_OPS | HELPER_OPS:
-            continue
-        model = case.model
-        opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
-        if not MIN_OPSET <= opset <= MAX_OPSET:
-            model = copy.deepcopy(model)
-            for imp in model.opset_import:
-                if imp.domain in ("", "ai.onnx"):
-                    imp.version = min(max(imp.version, MIN_OPSET), MAX_OPSET)
-        out.append(_Case(case, model))
-    return out
-
-
 def test_onnx_conformance_cases():
-    from einfuse.testing.conformance import PASSED, SPECIALIZED, run_case
-
-    cases = conformance_cases()
+    cases = conformance_cases(ONNX_OPS, helpers=HELPER_OPS)
     assert len(cases) > 150
-    wrong = []
-    for case in cases:
-        res = run_case(case)
-        if res.outcome not in (PASSED, SPECIALIZED):
-            wrong.append(f"{case.name}: {res.outcome}: {res.message}")
+    wrong = conformance_failures(cases)
     assert not wrong, "\n".join(wrong)

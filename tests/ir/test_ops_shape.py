@@ -4,14 +4,10 @@ errors, and the ONNX conformance cases for its ops."""
 
 from __future__ import annotations
 
-import copy
-import importlib
 import time
-import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 from onnx import helper as oh
@@ -19,104 +15,33 @@ from onnx import numpy_helper as nh
 
 from einfuse.codegen import reference
 from einfuse.errors import EinfuseError, ShapeError, UnsafeModelError, UnsupportedOpError
-from einfuse.frontends.onnx import MAX_OPSET, DynamicOperandError, convert_model
+from einfuse.frontends.onnx import DynamicOperandError, convert_model
 from einfuse.ir.builder import Builder
 from einfuse.ir.graph import Graph
 from einfuse.ir.types import DType, TensorType, format_dim, sym
+from tests.onnx_helpers import (
+    OnnxModel,
+    case_ids,
+    check_conformance_case,
+    conformance_cases,
+    i64,
+    rand,
+    run_ort,
+    seeded_rng,  # noqa: F401 (the rng fixture)
+    uniform_tol,
+)
 
 INT_MAX = np.iinfo(np.int64).max
 INT_MIN = np.iinfo(np.int64).min
 
-# ---------------------------------------------------------------------------
-# helpers
 
-
-class Model:
-    """A one-node ONNX model. Operands are (name, array) pairs: names starting with '@' become
-    initializers, the others graph inputs; None is an absent optional operand.
-    `input_shapes` overrides declared input shapes (strings are dim_params)."""
-
-    def __init__(self, op_type, operands, *, opset=18, n_outputs=1, input_shapes=None, **attrs):
-        names, inputs, inits, self.feeds = [], [], [], {}
-        for item in operands:
-            if item is None:
-                names.append("")
-                continue
-            name, arr = item
-            arr = np.asarray(arr)
-            if name.startswith("@"):
-                name = name[1:]
-                inits.append(nh.from_array(arr, name))
-            else:
-                shape = (input_shapes or {}).get(name, arr.shape)
-                inputs.append(oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(arr.dtype), shape))
-                self.feeds[name] = arr
-            names.append(name)
-        outs = [f"y{i}" for i in range(n_outputs)]
-        node = oh.make_node(op_type, names, outs, name="n0", **attrs)
-        graph = oh.make_graph(
-            [node], "g", inputs, [oh.make_empty_tensor_value_info(o) for o in outs], initializer=inits
-        )
-        self.proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-        self.proto.ir_version = 8 if opset <= 18 else 10
-
-    def graph(self, **kw) -> Graph:
-        return convert_model(self.proto, **kw)
-
-    def einfuse(self) -> list:
-        return list(reference.run(self.graph(), self.feeds).values())
-
-    def ort(self) -> list:
-        sess = ort.InferenceSession(self.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, self.feeds)
-
-    def onnx_reference(self) -> list:
-        from onnx.reference import ReferenceEvaluator
-
-        return ReferenceEvaluator(self.proto).run(None, self.feeds)
-
-    def check(self, rtol=0.0, atol=0.0, against="onnxruntime") -> list:
-        """einfuse and onnxruntime (or the ONNX reference evaluator) agree: same dtypes,
-        shapes and (within tolerance) values."""
-        got = self.einfuse()
-        want = self.ort() if against == "onnxruntime" else self.onnx_reference()
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert g.dtype == w.dtype, (g.dtype, w.dtype)
-            assert g.shape == w.shape, (g.shape, w.shape)
-            if g.dtype.kind in "fc":
-                np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol)
-            else:
-                np.testing.assert_array_equal(g, w)
-        return got
-
-
-def rand(rng, shape, dtype=np.float32):
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return rng.random(shape) < 0.5
-    if dtype.kind in "iu":
-        return rng.integers(0 if dtype.kind == "u" else -20, 20, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def i64(*values) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
-
-
-@pytest.fixture
-def rng(request):
-    # One seed per test id: reproducible, different data per parametrization.
-    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+class Model(OnnxModel):
+    default_opset = 18
+    tol = uniform_tol(0.0, 0.0)  # data movement: exact unless a test says otherwise
 
 
 DTYPES = [np.float32, np.int64, np.float16, np.bool_]
 NUMERIC = [np.float32, np.int64, np.float16]
-
-
-def out_type(model: Model, **kw) -> str:
-    g = model.graph(**kw)
-    return str(g.outputs[0].type)
 
 
 # ---------------------------------------------------------------------------
@@ -165,13 +90,13 @@ def test_reshape_symbolic_copy_and_infer():
         [("x", np.zeros((2, 5, 768), np.float32)), ("@s", i64(0, -1, 12, 64))],
         input_shapes={"x": ["B", "S", 768]},
     )
-    assert out_type(m) == "f32[B,S,12,64]"
+    assert m.out_types()[0] == "f32[B,S,12,64]"
     m = Model(
         "Reshape",
         [("x", np.zeros((2, 5, 768), np.float32)), ("@s", i64(-1, 768))],
         input_shapes={"x": ["B", "S", 768]},
     )
-    assert out_type(m) == "f32[B*S,768]"
+    assert m.out_types()[0] == "f32[B*S,768]"
 
 
 def test_reshape_errors():
@@ -186,7 +111,7 @@ def test_reshape_errors():
         m.graph()
     assert info.value.value_name == "s"
     # Binding the shape input makes it a constant.
-    g = convert_model(m.proto, bind_inputs={"s": i64(3, 2)})
+    g = m.graph(bind_inputs={"s": i64(3, 2)})
     assert str(g.outputs[0].type) == "f32[3,2]"
 
 
@@ -198,7 +123,7 @@ def test_flatten(rng, dtype, axis):
 
 def test_flatten_symbolic():
     m = Model("Flatten", [("x", np.zeros((2, 3, 4), np.float32))], axis=2, input_shapes={"x": ["B", "S", 4]})
-    assert out_type(m) == "f32[B*S,4]"
+    assert m.out_types()[0] == "f32[B*S,4]"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -268,7 +193,7 @@ def test_concat_symbolic_and_errors():
         axis=1,
         input_shapes={"a": ["B", "S"], "b": ["B", 3]},
     )
-    assert out_type(m) == "f32[B,S + 3]"
+    assert m.out_types()[0] == "f32[B,S + 3]"
     m = Model("Concat", [("a", np.zeros((2, 5), np.float32)), ("b", np.zeros((3, 3), np.float32))], axis=1)
     with pytest.raises(ShapeError, match="differ in dim 0"):
         m.graph()
@@ -299,14 +224,14 @@ def test_split(rng, dtype, opset, sizes, n_out, num_outputs):
             ops.append(("@s", i64(*sizes)))
     if num_outputs is not None:
         attrs["num_outputs"] = num_outputs
-    Model("Split", ops, opset=opset, n_outputs=n_out, **attrs).check()
+    Model("Split", ops, opset=opset, outputs=n_out, **attrs).check()
 
 
 def test_split_uneven_opset18_sizes():
-    m = Model("Split", [("x", np.arange(7, dtype=np.float32))], opset=18, n_outputs=3, num_outputs=3)
+    m = Model("Split", [("x", np.arange(7, dtype=np.float32))], opset=18, outputs=3, num_outputs=3)
     assert [o.shape for o in m.graph().outputs] == [(3,), (3,), (1,)]
     m.check()
-    m = Model("Split", [("x", np.arange(7, dtype=np.float32))], opset=13, n_outputs=3)
+    m = Model("Split", [("x", np.arange(7, dtype=np.float32))], opset=13, outputs=3)
     with pytest.raises(ShapeError, match="does not split evenly"):
         m.graph()
 
@@ -356,7 +281,7 @@ def test_slice_symbolic(rng, starts, ends, steps, want):
     x = rand(rng, (6, 4))
     ops = [("x", x), ("@s", i64(*starts)), ("@e", i64(*ends)), ("@a", i64(0)), ("@t", i64(*steps))]
     m = Model("Slice", ops, input_shapes={"x": ["S", 4]})
-    assert out_type(m) == want
+    assert m.out_types()[0] == want
     np.testing.assert_array_equal(m.einfuse()[0], m.ort()[0])
 
 
@@ -462,7 +387,7 @@ def test_expand(rng, dtype, shape, target):
 
 def test_expand_symbolic():
     m = Model("Expand", [("x", np.zeros((2, 1), np.float32)), ("@s", i64(1, 5))], input_shapes={"x": ["B", 1]})
-    assert out_type(m) == "f32[B,5]"
+    assert m.out_types()[0] == "f32[B,5]"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -473,7 +398,7 @@ def test_tile(rng, dtype, repeats):
 
 def test_tile_symbolic():
     m = Model("Tile", [("x", np.zeros((2, 3), np.float32)), ("@r", i64(2, 1))], input_shapes={"x": ["S", 3]})
-    assert out_type(m) == "f32[2*S,3]"
+    assert m.out_types()[0] == "f32[2*S,3]"
 
 
 PADS = [(0, 1, 2, 0), (1, 0, 0, 2), (2, 2, 2, 2), (-1, 1, 0, -2)]
@@ -504,7 +429,7 @@ def test_pad_opset10_attributes(rng):
 
 def test_pad_symbolic_and_errors():
     m = Model("Pad", [("x", np.zeros((2, 3), np.float32)), ("@p", i64(1, 0, 2, 0))], input_shapes={"x": ["S", 3]})
-    assert out_type(m) == "f32[S + 3,3]"
+    assert m.out_types()[0] == "f32[S + 3,3]"
     m = Model("Pad", [("x", np.zeros((2, 3), np.float32)), ("@p", i64(1, 0))])
     with pytest.raises(ShapeError, match="2 \\* rank"):
         m.graph()
@@ -531,7 +456,7 @@ def test_shape_and_size_symbolic():
     assert [n.op for n in g.nodes] == ["shape"] and str(g.outputs[0].type) == "i64[3]"
     m.check()
     m = Model("Size", [("x", np.zeros((2, 3, 4), np.float32))], input_shapes={"x": ["B", "S", 4]})
-    assert out_type(m) == "i64[]"
+    assert m.out_types()[0] == "i64[]"
     m.check()
 
 
@@ -632,7 +557,7 @@ def test_reverse_sequence(rng, dtype, batch_axis, time_axis):
 def test_nonzero(rng, dtype):
     x = rand(rng, (3, 4), dtype) * (rng.random((3, 4)) < 0.5).astype(dtype)
     m = Model("NonZero", [("x", x)])
-    assert out_type(m).startswith("i64[2,_nnz")
+    assert m.out_types()[0].startswith("i64[2,_nnz")
     m.check()
 
 
@@ -663,7 +588,7 @@ def test_compress(rng, dtype, axis):
 def test_topk(rng, dtype, largest, is_sorted, axis, k):
     # Integers give ties: both take the lower index first.
     x = rng.integers(0, 4, size=(4, 5)).astype(dtype) if dtype == np.int64 else rand(rng, (4, 5))
-    m = Model("TopK", [("x", x), ("@k", i64(k))], n_outputs=2, opset=11, axis=axis, largest=largest, sorted=is_sorted)
+    m = Model("TopK", [("x", x), ("@k", i64(k))], outputs=2, opset=11, axis=axis, largest=largest, sorted=is_sorted)
     if is_sorted:
         m.check()
     else:
@@ -673,8 +598,8 @@ def test_topk(rng, dtype, largest, is_sorted, axis, k):
 
 
 def test_topk_opset9_and_errors(rng):
-    Model("TopK", [("x", rand(rng, (3, 6)))], n_outputs=2, opset=9, k=2).check()
-    m = Model("TopK", [("x", rand(rng, (3, 6))), ("@k", i64(7))], n_outputs=2, opset=11)
+    Model("TopK", [("x", rand(rng, (3, 6)))], outputs=2, opset=9, k=2).check()
+    m = Model("TopK", [("x", rand(rng, (3, 6))), ("@k", i64(7))], outputs=2, opset=11)
     with pytest.raises(ShapeError, match="k 7 is larger"):
         m.graph()
 
@@ -834,7 +759,7 @@ def test_resize_symbolic_and_errors():
     x = np.zeros((1, 3, 4, 4), np.float32)
     scales = ("@s", np.asarray((1, 1, 2, 0.5), np.float32))
     m = Model("Resize", [("x", x), None, scales], opset=13, input_shapes={"x": ["B", 3, "H", "W"]})
-    assert out_type(m) == "f32[B,3,2*H,floor((1/2)*W)]"
+    assert m.out_types()[0] == "f32[B,3,2*H,floor((1/2)*W)]"
     m = Model("Resize", [("x", x), None, scales], opset=13, mode="bicubic")
     with pytest.raises(UnsupportedOpError, match="bicubic"):
         m.graph()
@@ -956,8 +881,7 @@ def test_reshape_target_computed_from_symbolic_shape(rng):
     assert reshape_node.op == "reshape" and reshape_node.attrs["shape"] == (0, -1)
     assert str(g.outputs[0].type) == "f32[B,4*S]"
     x = rand(rng, (2, 3, 4))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(reference.run(g, {"x": x})["y"], sess.run(None, {"x": x})[0])
+    np.testing.assert_array_equal(reference.run(g, {"x": x})["y"], run_ort(model, {"x": x})[0])
 
     # heads split: Slice(shape, 0:2) -> Concat([., 2, 2])
     model = _dynamic_chain_model(
@@ -1072,92 +996,23 @@ def test_builder_inference_errors():
 # ---------------------------------------------------------------------------
 # ONNX conformance cases
 
-# The ONNX ops of this group, and the case modules (onnx/backend/test/case/node/<module>.py) testing them.
-_CASE_MODULES = [
-    "reshape", "flatten", "transpose", "squeeze", "unsqueeze", "concat", "split", "slice", "gather",
-    "gatherelements", "gathernd", "scatterelements", "scatternd", "scatter", "expand", "tile", "pad", "shape",
-    "size", "constantofshape", "rangeop", "onehot", "trilu", "depthtospace", "spacetodepth", "resize", "upsample",
-    "nonzero", "topk", "eyelike", "compress", "reversesequence", "constant",
-]  # fmt: skip
 _CASE_OPS = {
     "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather",
     "GatherElements", "GatherND", "ScatterElements", "ScatterND", "Scatter", "Expand", "Tile", "Pad", "Shape",
     "Size", "ConstantOfShape", "Range", "OneHot", "Trilu", "DepthToSpace", "SpaceToDepth", "Resize", "Upsample",
     "NonZero", "TopK", "EyeLike", "Compress", "ReverseSequence", "Constant",
 }  # fmt: skip
+CASES = conformance_cases(_CASE_OPS)
 
 
-def _conformance_cases() -> dict:
-    # Importing one case module runs its exports, which register cases in the package's list;
-    # much faster than collect_testcases(), which builds all ~1,900 of them.
-    import onnx.backend.test.case.node as node_cases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for m in _CASE_MODULES:
-            importlib.import_module(f"onnx.backend.test.case.node.{m}")
-    return {
-        c.name: c
-        for c in node_cases._NodeTestCases
-        if len(c.model.graph.node) == 1 and c.model.graph.node[0].op_type in _CASE_OPS
-    }
-
-
-CASES = _conformance_cases()
-
-
-def _opset(model) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _run_case(model, case) -> None:
-    graph = model.graph
-    init = {t.name for t in graph.initializer}
-    names = [vi.name for vi in graph.input if vi.name not in init]
-    for inputs, expected in case.data_sets:
-        feeds = dict(zip(names, (np.asarray(a) for a in inputs)))
-        bind: dict = {}
-        while True:
-            try:
-                g = convert_model(model, bind_inputs=dict(bind))
-                break
-            except DynamicOperandError as e:
-                assert e.value_name in feeds and e.value_name not in bind, str(e)
-                bind[e.value_name] = feeds[e.value_name]
-        out = list(reference.run(g, {n: a for n, a in feeds.items() if n not in bind}).values())
-        assert len(out) == len(expected)
-        for got, want in zip(out, expected):
-            want = np.asarray(want)
-            assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
-            if want.dtype.kind in "fV":
-                a, b = got.astype(np.float64), want.astype(np.float64)
-                np.testing.assert_allclose(a, b, rtol=case.rtol, atol=case.atol)
-            else:
-                np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_conformance(name):
-    case = CASES[name]
-    model = case.model
-    if _opset(model) > MAX_OPSET:
-        # Newer opsets than einfuse accepts are refused cleanly; the op semantics these cases
-        # test are unchanged since opset MAX_OPSET (only new types or, for SpaceToDepth, the
-        # mode attribute, which the converter reads at any opset), so run them there too.
-        with pytest.raises(UnsupportedOpError, match="opset"):
-            convert_model(model)
-        model = copy.deepcopy(model)
-        for o in model.opset_import:
-            if o.domain in ("", "ai.onnx"):
-                o.version = MAX_OPSET
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        _run_case(model, case)
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
+def test_conformance(case):
+    check_conformance_case(case)
 
 
 def test_conformance_cases_were_found():
     assert len(CASES) > 200
-    assert {c.model.graph.node[0].op_type for c in CASES.values()} == _CASE_OPS
+    assert {c.model.graph.node[0].op_type for c in CASES} == _CASE_OPS
 
 
 def test_unsupported_variants_raise_clean_errors():

@@ -4,85 +4,29 @@ conformance cases."""
 
 from __future__ import annotations
 
-import warnings
-import zlib
-
 import numpy as np
-import onnxruntime as ort
 import pytest
 import sympy
 from onnx import TensorProto
-from onnx import helper as oh
-from onnx import numpy_helper as nh
 
 from einfuse.codegen import reference
 from einfuse.errors import ExecutionError, ShapeError
-from einfuse.frontends.onnx import DynamicOperandError, convert_model
+from einfuse.frontends.onnx import DynamicOperandError
 from einfuse.ir.ops import get_op
 from einfuse.ir.types import DType, TensorType, sym
-
-NP_TO_ONNX = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float64): TensorProto.DOUBLE,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.int32): TensorProto.INT32,
-}
-
-
-class Model:
-    """A one-node ONNX model. Operands are (name, array) pairs: names starting with '@' become
-    initializers, the others graph inputs; None is an absent optional operand."""
-
-    def __init__(self, op_type, operands, *, opset=20, n_outputs=1, input_shapes=None, **attrs):
-        names, inputs, inits, self.feeds = [], [], [], {}
-        for item in operands:
-            if item is None:
-                names.append("")
-                continue
-            name, arr = item
-            arr = np.asarray(arr)
-            if name.startswith("@"):
-                name = name[1:]
-                inits.append(nh.from_array(arr, name))
-            else:
-                shape = (input_shapes or {}).get(name, arr.shape)
-                inputs.append(oh.make_tensor_value_info(name, NP_TO_ONNX[arr.dtype], shape))
-                self.feeds[name] = arr
-            names.append(name)
-        outs = [f"y{i}" for i in range(n_outputs)]
-        node = oh.make_node(op_type, names, outs, name="n0", **attrs)
-        graph = oh.make_graph(
-            [node], "g", inputs, [oh.make_empty_tensor_value_info(o) for o in outs], initializer=inits
-        )
-        self.proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-        self.proto.ir_version = 8 if opset <= 18 else 10
-
-    def graph(self):
-        return convert_model(self.proto)
-
-    def einfuse(self, feeds=None) -> list:
-        return list(reference.run(self.graph(), self.feeds if feeds is None else feeds).values())
-
-    def ort(self, feeds=None) -> list:
-        sess = ort.InferenceSession(self.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, self.feeds if feeds is None else feeds)
-
-    def check(self, rtol=1e-4, atol=1e-5):
-        got, want = self.einfuse(), self.ort()
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol)
-        return got
+from tests.onnx_helpers import (
+    OnnxModel,
+    case_ids,
+    check_conformance_case,
+    conformance_cases,
+    seeded_rng,  # noqa: F401 (the rng fixture)
+    uniform_tol,
+)
 
 
-@pytest.fixture
-def rng(request):
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-def i64(v) -> np.ndarray:
-    return np.array(v, np.int64)
+class Model(OnnxModel):
+    default_opset = 20
+    tol = uniform_tol(1e-4, 1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -91,9 +35,9 @@ def i64(v) -> np.ndarray:
 
 def _dft_model(x, *, opset, axis=None, length=None, **attrs) -> Model:
     """DFT with axis (attribute before opset 20, constant operand from 20) and dft_length."""
-    operands = [("x", x), None if length is None else ("@len", i64(length))]
+    operands = [("x", x), None if length is None else ("@len", np.int64(length))]
     if opset >= 20:
-        operands.append(None if axis is None else ("@axis", i64(axis)))
+        operands.append(None if axis is None else ("@axis", np.int64(axis)))
     elif axis is not None:
         attrs["axis"] = axis
     return Model("DFT", operands, opset=opset, **attrs)
@@ -188,7 +132,7 @@ def test_dft_errors():
     with pytest.raises(ShapeError, match="end in an axis of 1"):
         _dft_model(np.zeros((2, 8, 3), np.float32), opset=20, axis=1).graph()
     with pytest.raises(DynamicOperandError, match="must be a constant"):
-        Model("DFT", [("x", real), ("len", i64(4))], opset=20).graph()
+        Model("DFT", [("x", real), ("len", np.int64(4))], opset=20).graph()
 
 
 # ---------------------------------------------------------------------------
@@ -202,20 +146,22 @@ def test_dft_errors():
 def test_stft(rng, with_window, with_length, onesided, step):
     signal = rng.standard_normal((2, 64, 1)).astype(np.float32)
     window = np.hanning(16).astype(np.float32)
-    operands = [("signal", signal), ("@step", i64(step))]
+    operands = [("signal", signal), ("@step", np.int64(step))]
     operands.append(("@window", window) if with_window else None)
-    operands.append(("@length", i64(16)) if with_length or not with_window else None)
+    operands.append(("@length", np.int64(16)) if with_length or not with_window else None)
     Model("STFT", operands, opset=17, onesided=onesided).check(atol=1e-4)
 
 
 def test_stft_complex_signal(rng):
     signal = rng.standard_normal((1, 40, 2)).astype(np.float32)
-    Model("STFT", [("s", signal), ("@step", i64(5)), None, ("@len", i64(10))], opset=17, onesided=0).check(atol=1e-4)
+    Model("STFT", [("s", signal), ("@step", np.int64(5)), None, ("@len", np.int64(10))], opset=17, onesided=0).check(
+        atol=1e-4
+    )
 
 
 def test_stft_symbolic_shapes():
     signal = np.zeros((2, 64, 1), np.float32)
-    m = Model("STFT", [("s", signal), ("@step", i64(8)), None, ("@len", i64(16))], opset=17)
+    m = Model("STFT", [("s", signal), ("@step", np.int64(8)), None, ("@len", np.int64(16))], opset=17)
     dims = m.proto.graph.input[0].type.tensor_type.shape.dim
     dims[0].dim_param, dims[1].dim_param = "B", "L"
     g = m.graph()
@@ -228,7 +174,7 @@ def test_stft_symbolic_shapes():
 
 
 def test_symbolic_lengths_too_short_at_run_time():
-    m = Model("STFT", [("s", np.zeros((1, 32, 1), np.float32)), ("@step", i64(4)), None, ("@n", i64(16))])
+    m = Model("STFT", [("s", np.zeros((1, 32, 1), np.float32)), ("@step", np.int64(4)), None, ("@n", np.int64(16))])
     m.proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "L"
     with pytest.raises(ExecutionError, match="shorter than frame_length=16"):
         reference.run(m.graph(), {"s": np.zeros((1, 8, 1), np.float32)})
@@ -241,15 +187,19 @@ def test_symbolic_lengths_too_short_at_run_time():
 def test_stft_errors():
     signal = np.zeros((1, 32, 1), np.float32)
     with pytest.raises(ShapeError, match="window .* must be 1-D of frame_length=8"):
-        Model("STFT", [("s", signal), ("@step", i64(4)), ("@w", np.ones(6, np.float32)), ("@n", i64(8))]).graph()
+        Model(
+            "STFT", [("s", signal), ("@step", np.int64(4)), ("@w", np.ones(6, np.float32)), ("@n", np.int64(8))]
+        ).graph()
     with pytest.raises(ShapeError, match="shorter than frame_length=64"):
-        Model("STFT", [("s", signal), ("@step", i64(4)), None, ("@n", i64(64))]).graph()
+        Model("STFT", [("s", signal), ("@step", np.int64(4)), None, ("@n", np.int64(64))]).graph()
     with pytest.raises(ShapeError, match="one-sided STFT needs a real signal"):
-        Model("STFT", [("s", np.zeros((1, 32, 2), np.float32)), ("@step", i64(4)), None, ("@n", i64(8))]).graph()
+        Model(
+            "STFT", [("s", np.zeros((1, 32, 2), np.float32)), ("@step", np.int64(4)), None, ("@n", np.int64(8))]
+        ).graph()
     with pytest.raises(ShapeError, match="must be \\[batch, length, 1 or 2\\]"):
-        Model("STFT", [("s", np.zeros((32, 1), np.float32)), ("@step", i64(4)), None, ("@n", i64(8))]).graph()
+        Model("STFT", [("s", np.zeros((32, 1), np.float32)), ("@step", np.int64(4)), None, ("@n", np.int64(8))]).graph()
     with pytest.raises(DynamicOperandError):
-        Model("STFT", [("s", signal), ("step", i64(4)), None, ("@n", i64(8))]).graph()
+        Model("STFT", [("s", signal), ("step", np.int64(4)), None, ("@n", np.int64(8))]).graph()
 
 
 # ---------------------------------------------------------------------------
@@ -325,49 +275,15 @@ def test_mel_weight_matrix_errors():
 SIGNAL_OPS = {"DFT", "STFT", "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix"}
 
 
-def _cases() -> list:
-    """The ONNX conformance node cases of the signal ops (only their case modules are imported)."""
-    import importlib
-
-    import onnx.backend.test.case.node as node_cases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for mod in ("dft", "stft", "hannwindow", "hammingwindow", "blackmanwindow", "melweightmatrix"):
-            importlib.import_module(f"{node_cases.__name__}.{mod}")
-    return [c for c in node_cases._NodeTestCases if {n.op_type for n in c.model.graph.node} <= SIGNAL_OPS]
-
-
-CASES = _cases()
-
-
-def run_case(case) -> None:
-    """Imports a case (binding graph inputs that feed static operands), runs it, compares."""
-    model = case.model
-    names = [i.name for i in model.graph.input]
-    for inputs, expected in case.data_sets:
-        feeds = dict(zip(names, inputs))
-        bound: dict = {}
-        while True:
-            try:
-                graph = convert_model(model, bind_inputs=bound)
-                break
-            except DynamicOperandError as e:
-                assert e.value_name in feeds and e.value_name not in bound
-                bound[e.value_name] = feeds[e.value_name]
-        got = list(reference.run(graph, {k: v for k, v in feeds.items() if k not in bound}).values())
-        assert len(got) == len(expected)
-        for g, e in zip(got, expected):
-            assert g.dtype == e.dtype and g.shape == e.shape, (g.dtype, g.shape, e.dtype, e.shape)
-            np.testing.assert_allclose(g.astype(np.float64), e.astype(np.float64), rtol=case.rtol, atol=case.atol)
+CASES = conformance_cases(SIGNAL_OPS)
 
 
 def test_conformance_cases_are_collected():
-    names = {c.name for c in CASES}
+    names = set(case_ids(CASES))
     assert len(names) == 19
     assert {"test_dft_irfft_opset19", "test_stft_with_window", "test_melweightmatrix"} <= names
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
 def test_onnx_conformance(case):
-    run_case(case)
+    check_conformance_case(case)

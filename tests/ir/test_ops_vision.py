@@ -5,90 +5,29 @@ and the ONNX conformance cases for these ops."""
 
 from __future__ import annotations
 
-import importlib
-import warnings
+import dataclasses
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import sympy
-from onnx import helper as oh
-from onnx import numpy_helper as nh
 
-from einfuse.codegen import reference
 from einfuse.errors import EinfuseError, ExecutionError, ShapeError, UnsupportedOpError
-from einfuse.frontends.onnx import DynamicOperandError, convert_model
-from einfuse.ir.graph import Graph
-
-# ---------------------------------------------------------------------------
-# helpers
-
-
-class Model:
-    """A one-node ONNX model. Operands are (name, array) pairs: names starting with '@' become
-    initializers, the others graph inputs; None is an absent optional operand.
-    `input_shapes` overrides declared input shapes (strings are dim_params)."""
-
-    def __init__(self, op_type, operands, *, opset=22, n_outputs=1, input_shapes=None, **attrs):
-        names, inputs, inits, self.feeds = [], [], [], {}
-        for item in operands:
-            if item is None:
-                names.append("")
-                continue
-            name, arr = item
-            arr = np.asarray(arr)
-            if name.startswith("@"):
-                name = name[1:]
-                inits.append(nh.from_array(arr, name))
-            else:
-                shape = (input_shapes or {}).get(name, arr.shape)
-                inputs.append(oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(arr.dtype), shape))
-                self.feeds[name] = arr
-            names.append(name)
-        outs = [f"y{i}" for i in range(n_outputs)]
-        node = oh.make_node(op_type, names, outs, name="n0", **attrs)
-        graph = oh.make_graph(
-            [node], "g", inputs, [oh.make_empty_tensor_value_info(o) for o in outs], initializer=inits
-        )
-        self.proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
-        self.proto.ir_version = 8 if opset <= 18 else 10
-
-    def graph(self, **kw) -> Graph:
-        return convert_model(self.proto, **kw)
-
-    def einfuse(self) -> list:
-        return list(reference.run(self.graph(), self.feeds).values())
-
-    def ort(self) -> list:
-        sess = ort.InferenceSession(self.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, self.feeds)
-
-    def check(self, rtol=1e-5, atol=1e-6) -> list:
-        """einfuse and onnxruntime agree: same dtypes, shapes and (within tolerance) values."""
-        got, want = self.einfuse(), self.ort()
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert g.dtype == w.dtype, (g.dtype, w.dtype)
-            assert g.shape == w.shape, (g.shape, w.shape)
-            if g.dtype.kind == "f":
-                np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol)
-            else:
-                np.testing.assert_array_equal(g, w)
-        return got
+from einfuse.frontends.onnx import DynamicOperandError
+from tests.onnx_helpers import (
+    OnnxModel,
+    case_ids,
+    check_conformance_case,
+    conformance_cases,
+    i64,
+    run_ort,
+    seeded_rng,  # noqa: F401 (the rng fixture)
+    uniform_tol,
+)
 
 
-@pytest.fixture
-def rng(request):
-    # One seed per test id: reproducible, different data per parametrization.
-    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
-
-
-def i64(*values) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
-
-
-def out_types(model: Model) -> list[str]:
-    return [str(v.type) for v in model.graph().outputs]
+class Model(OnnxModel):
+    default_opset = 22
+    tol = uniform_tol(1e-5, 1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +80,7 @@ def test_grid_sample_f64_and_nearest_ties(rng):
 def test_grid_sample_symbolic_and_errors(rng):
     x, grid = np.zeros((2, 3, 4, 4), np.float32), np.zeros((2, 5, 6, 2), np.float32)
     m = Model("GridSample", [("x", x), ("g", grid)], input_shapes={"x": ["N", 3, "H", "W"], "g": ["N", "P", 6, 2]})
-    assert out_types(m) == ["f32[N,3,P,6]"]
+    assert m.out_types() == ["f32[N,3,P,6]"]
     with pytest.raises(ShapeError, match="last dim of grid"):
         Model("GridSample", [("x", x), ("g", np.zeros((2, 5, 6, 3), np.float32))]).graph()
     with pytest.raises(ShapeError, match="batch size"):
@@ -185,7 +124,7 @@ def test_affine_grid_symbolic_and_errors():
     m = Model(
         "AffineGrid", [("theta", theta), ("@size", i64(2, 3, 5, 7))], opset=20, input_shapes={"theta": ["N", 2, 3]}
     )
-    assert out_types(m) == ["f32[N,5,7,2]"]
+    assert m.out_types() == ["f32[N,5,7,2]"]
     with pytest.raises(ShapeError, match=r"theta .* must have shape \(N, 3, 4\)"):
         Model("AffineGrid", [("theta", theta), ("@size", i64(2, 3, 4, 5, 7))], opset=20).graph()
     with pytest.raises(ShapeError, match="batch size"):
@@ -222,7 +161,7 @@ def test_col2im_symbolic_and_errors():
     m = Model(
         "Col2Im", [("x", x), ("@image", i64(5, 5)), ("@block", i64(1, 5))], opset=18, input_shapes={"x": ["N", 10, 5]}
     )
-    assert out_types(m) == ["f32[N,2,5,5]"]
+    assert m.out_types() == ["f32[N,2,5,5]"]
     with pytest.raises(ShapeError, match="number of blocks"):
         Model(
             "Col2Im", [("x", np.zeros((2, 10, 24), np.float32)), ("@image", i64(5, 5)), ("@block", i64(1, 5))], opset=18
@@ -260,7 +199,7 @@ def test_center_crop_pad(rng, dtype, shape, target, axes):
 def test_center_crop_pad_symbolic_and_errors():
     x = np.zeros((4, 10, 3), np.float32)
     m = Model("CenterCropPad", [("x", x), ("@s", i64(8))], opset=18, axes=[1], input_shapes={"x": ["B", "W", 3]})
-    assert out_types(m) == ["f32[B,8,3]"]
+    assert m.out_types() == ["f32[B,8,3]"]
     with pytest.raises(ShapeError, match="one size per axis"):
         Model("CenterCropPad", [("x", x), ("@s", i64(8, 2))], opset=18, axes=[1]).graph()
     with pytest.raises(ShapeError, match="out of range"):
@@ -273,12 +212,7 @@ def test_center_crop_pad_symbolic_and_errors():
 
 def _max_pool_with_indices(x, kernel, strides, pads):
     """MaxPool's values and indices, from onnxruntime."""
-    node = oh.make_node("MaxPool", ["x"], ["v", "i"], kernel_shape=kernel, strides=strides, pads=pads)
-    vi = oh.make_tensor_value_info("x", 1, x.shape)
-    outs = [oh.make_empty_tensor_value_info("v"), oh.make_empty_tensor_value_info("i")]
-    model = oh.make_model(oh.make_graph([node], "g", [vi], outs), opset_imports=[oh.make_opsetid("", 22)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})
+    return Model("MaxPool", [("x", x)], outputs=2, kernel_shape=kernel, strides=strides, pads=pads).ort()
 
 
 @pytest.mark.parametrize(
@@ -307,7 +241,7 @@ def test_max_unpool_symbolic_and_errors():
     m = Model(
         "MaxUnpool", [("x", x), ("i", i)], kernel_shape=[2, 2], strides=[2, 2], input_shapes={"x": ["N", 3, "H", 2]}
     )
-    assert out_types(m) == ["f32[N,3,2*H,4]"]
+    assert m.out_types() == ["f32[N,3,2*H,4]"]
     with pytest.raises(ShapeError, match="must be i64 with the shape"):
         Model("MaxUnpool", [("x", x), ("i", np.zeros((2, 3, 2, 3), np.int64))], kernel_shape=[2, 2]).graph()
     with pytest.raises(ShapeError, match="needs kernel_shape"):
@@ -366,7 +300,7 @@ def test_roi_align_symbolic_and_errors():
         output_width=7,
         input_shapes={"r": ["R", 4], "b": ["R"]},
     )
-    assert out_types(m) == ["f32[R,3,7,7]"]
+    assert m.out_types() == ["f32[R,3,7,7]"]
     with pytest.raises(ShapeError, match="num_rois, 4"):
         Model("RoiAlign", [("x", x), ("r", np.zeros((5, 5), np.float32)), ("b", b)]).graph()
     with pytest.raises(ShapeError, match="one index per roi"):
@@ -441,18 +375,18 @@ def _unique_input(rng, shape, dtype):
 def test_unique(rng, dtype, is_sorted, shape, axis):
     x = _unique_input(rng, shape, dtype)
     attrs = {"sorted": is_sorted} | ({} if axis is None else {"axis": axis})
-    Model("Unique", [("x", x)], n_outputs=4, **attrs).check()
+    Model("Unique", [("x", x)], outputs=4, **attrs).check()
 
 
 def test_unique_inference_and_constants():
     x = np.asarray([[1, 2], [1, 2], [3, 4]], np.int64)
-    m = Model("Unique", [("x", x)], n_outputs=4, axis=0, input_shapes={"x": ["R", 2]})
+    m = Model("Unique", [("x", x)], outputs=4, axis=0, input_shapes={"x": ["R", 2]})
     y, idx, inv, counts = (v.type for v in m.graph().outputs)
     u = idx.shape[0]
     assert isinstance(u, sympy.Symbol) and y.shape == (u, 2) and counts.shape == (u,)
     assert str(inv) == "i64[R]"
     # A constant input folds, with exact sizes.
-    g = Model("Unique", [("@x", x)], n_outputs=4, axis=0).graph()
+    g = Model("Unique", [("@x", x)], outputs=4, axis=0).graph()
     assert [str(v.type) for v in g.outputs] == ["i64[2,2]", "i64[2]", "i64[3]", "i64[2]"]
     np.testing.assert_array_equal(g.const_value(g.outputs[2]), [0, 0, 1])
     with pytest.raises(ShapeError, match="out of range"):
@@ -482,7 +416,7 @@ def test_det_f64(rng):
 
 def test_det_symbolic_and_errors():
     m = Model("Det", [("x", np.zeros((2, 3, 3), np.float32))], input_shapes={"x": ["B", "M", "M"]})
-    assert out_types(m) == ["f32[B]"]
+    assert m.out_types() == ["f32[B]"]
     with pytest.raises(ShapeError, match="square"):
         Model("Det", [("x", np.zeros((2, 3, 4), np.float32))]).graph()
     with pytest.raises(ShapeError, match="float"):
@@ -492,19 +426,9 @@ def test_det_symbolic_and_errors():
 # ---------------------------------------------------------------------------
 # ONNX conformance cases
 
-_CASE_MODULES = [
-    "gridsample",
-    "affinegrid",
-    "col2im",
-    "center_crop_pad",
-    "maxunpool",
-    "roialign",
-    "nonmaxsuppression",
-    "unique",
-    "det",
-]
 _CASE_OPS = {
-    "GridSample", "AffineGrid", "Col2Im", "CenterCropPad", "MaxUnpool", "RoiAlign", "NonMaxSuppression", "Unique", "Det",
+    "GridSample", "AffineGrid", "Col2Im", "CenterCropPad", "MaxUnpool", "RoiAlign", "NonMaxSuppression", "Unique",
+    "Det",
 }  # fmt: skip
 
 # Cases where einfuse follows onnxruntime and PyTorch rather than the expected output.
@@ -516,67 +440,30 @@ DEVIATIONS = {
 }
 
 
-def _conformance_cases() -> dict:
-    # Importing one case module runs its exports, which register cases in the package's list;
-    # much faster than collect_testcases(), which builds all ~1,900 of them.
-    import onnx.backend.test.case.node as node_cases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for m in _CASE_MODULES:
-            importlib.import_module(f"onnx.backend.test.case.node.{m}")
-    return {
-        c.name: c
-        for c in node_cases._NodeTestCases
-        if len(c.model.graph.node) == 1 and c.model.graph.node[0].op_type in _CASE_OPS
-    }
+CASES = conformance_cases(_CASE_OPS)
 
 
-CASES = _conformance_cases()
+def _with_onnxruntime_outputs(case):
+    """The case expecting onnxruntime's outputs, which differ from the case's own."""
+    names = [i.name for i in case.model.graph.input]
+    data_sets = []
+    for inputs, expected in case.data_sets:
+        want = run_ort(case.model, dict(zip(names, inputs)))
+        assert any(not np.array_equal(w, e) for w, e in zip(want, expected))
+        data_sets.append((inputs, want))
+    return dataclasses.replace(case, data_sets=data_sets)
 
 
-def _run_case(model, data_set) -> list:
-    graph = model.graph
-    init = {t.name for t in graph.initializer}
-    names = [vi.name for vi in graph.input if vi.name not in init]
-    inputs, _ = data_set
-    feeds = dict(zip(names, (np.asarray(a) for a in inputs)))
-    bind: dict = {}
-    while True:
-        try:
-            g = convert_model(model, bind_inputs=dict(bind))
-            break
-        except DynamicOperandError as e:
-            assert e.value_name in feeds and e.value_name not in bind, str(e)
-            bind[e.value_name] = feeds[e.value_name]
-    with np.errstate(all="ignore"):
-        return list(reference.run(g, {n: a for n, a in feeds.items() if n not in bind}).values())
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_conformance(name):
-    case = CASES[name]
-    for data_set in case.data_sets:
-        got = _run_case(case.model, data_set)
-        expected = [np.asarray(e) for e in data_set[1]]
-        assert len(got) == len(expected)
-        if name in DEVIATIONS:
-            want = ort.InferenceSession(case.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-                None, dict(zip([i.name for i in case.model.graph.input], data_set[0]))
-            )
-            assert any(not np.array_equal(g, e) for g, e in zip(got, expected))
-            expected = want
-        for g, w in zip(got, expected):
-            assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
-            if w.dtype.kind in "fV":
-                np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=case.rtol, atol=case.atol)
-            else:
-                np.testing.assert_array_equal(g, w)
+@pytest.mark.parametrize("case", CASES, ids=case_ids(CASES))
+def test_conformance(case):
+    if case.name in DEVIATIONS:
+        case = _with_onnxruntime_outputs(case)
+    check_conformance_case(case)
 
 
 def test_conformance_cases_were_found():
     counts = {op: 0 for op in _CASE_OPS}
-    for c in CASES.values():
+    for c in CASES:
         counts[c.model.graph.node[0].op_type] += 1
     assert counts == {
         "GridSample": 18, "AffineGrid": 4, "Col2Im": 5, "CenterCropPad": 6, "MaxUnpool": 2, "RoiAlign": 3,
