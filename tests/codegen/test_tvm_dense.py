@@ -86,11 +86,15 @@ MATMUL_SHAPES = [
 @pytest.mark.parametrize("weight", ["operand", "constant"])
 @pytest.mark.parametrize("sa,sb", MATMUL_SHAPES, ids=[f"{a}@{b}" for a, b in MATMUL_SHAPES])
 def test_matmul(sa, sb, weight):
+    from einfuse.codegen.tvm.dense import DENSE_PATH
+
     a, b = rand(*sa), rand(*sb)
     if weight == "operand":
-        check({"a": a, "b": b}, lambda bl, a, b: bl.op("matmul", [a, b]))
+        kernel = check({"a": a, "b": b}, lambda bl, a, b: bl.op("matmul", [a, b]))
     else:
-        check({"a": a}, lambda bl, a, b: bl.op("matmul", [a, b]), consts={"b": b})
+        kernel = check({"a": a}, lambda bl, a, b: bl.op("matmul", [a, b]), consts={"b": b})
+    if len(sa) + len(sb) > 2:  # not a dot product: the output write is the register tile's
+        assert f'"{DENSE_PATH}": "gemm_fused"' in kernel.meta["source"]
 
 
 def test_matmul_attention_shapes():
@@ -316,3 +320,84 @@ def test_weight_operand_is_prepacked(op):
     out = np.empty_like(want)
     kernel([arrays[0], apply_prepack(arrays[1], steps), *arrays[2:]], [out])
     np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
+
+
+# -- views in the epilogue -------------------------------------------------------------------
+
+# (x shape, weight shape, reshape to, dense path): the reshape regroups the result's rows
+# and/or columns (GPT-2's addmm -> view), so it is inlined into the register tile's write.
+VIEW_CASES = [
+    ((26, 40), (40, 70), (1, 26, 70), "gemm_fused"),  # GPT-2: [S, H] -> [1, S, H]
+    ((26, 40), (40, 70), (2, 13, 70), "gemm_fused"),  # rows split
+    ((26, 40), (40, 70), (1, 26, 7, 10), "gemm_fused"),  # columns split (heads)
+    ((26, 40), (40, 70), (26, 70, 1), "gemm_fused"),  # a trailing unit dim
+    ((2, 13, 40), (40, 70), (26, 70), "gemm_alone"),  # merged rows: div/mod indices (see below)
+    ((26, 40), (40, 70), (70, 26), "gemm_alone"),  # same rank, rows and columns mixed
+]
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("sx,sw,shape,path", VIEW_CASES, ids=[str(c[2]) for c in VIEW_CASES])
+def test_matmul_bias_reshape_epilogue(sx, sw, shape, path, residual):
+    """matmul + add + reshape (+ add): the fused groups of GPT-2's linear layers. The dense
+    schedule must take them (not the generic one), with the epilogue in the tile's write."""
+    from einfuse.codegen.tvm.dense import DENSE_PATH
+
+    inputs = {"x": rand(*sx), **({"r": rand(*shape, seed=9)} if residual else {})}
+
+    def build(bl, x, *r, w, bias):
+        y = bl.op("reshape", [bl.op("add", [bl.op("matmul", [x, w]), bias])], shape=shape)
+        return bl.op("add", [y, *r]) if r else y
+
+    kernel = check(inputs, build, consts={"w": rand(*sw), "bias": rand(sw[-1])})
+    assert f'"{DENSE_PATH}": "{path}"' in kernel.meta["source"]
+
+
+def test_single_row_epilogue_is_fused():
+    """BERT's pooler: one row, whose unit loop TIR reads as the constant 0."""
+    from einfuse.codegen.tvm.dense import DENSE_PATH
+
+    def build(bl, x, w, bias):
+        return bl.op("tanh", [bl.op("add", [bl.op("matmul", [x, w]), bias])])
+
+    kernel = check({"x": rand(1, 40)}, build, consts={"w": rand(40, 70), "bias": rand(70)})
+    assert f'"{DENSE_PATH}": "gemm_fused"' in kernel.meta["source"]
+
+
+def test_matmul_transpose_epilogue_is_not_fused():
+    """A transpose keeps the group sizes but moves elements across rows: the output does
+    not read one register tile per tile, so the anchor is tiled on its own."""
+    from einfuse.codegen.tvm.dense import DENSE_PATH
+
+    def build(bl, x, w):
+        y = bl.op("reshape", [bl.op("matmul", [x, w])], shape=(2, 13, 70))
+        return bl.op("transpose", [y], perm=(1, 0, 2))
+
+    kernel = check({"x": rand(26, 40)}, build, consts={"w": rand(40, 70)})
+    assert f'"{DENSE_PATH}": "gemm_alone"' in kernel.meta["source"]
+
+
+@pytest.mark.parametrize("shape,path", [((2, 3, 1, 13, 37), "gemm_fused"), ((6, 13, 37), "gemm_alone")])
+def test_batched_matmul_reshape_epilogue(shape, path):
+    """One GEMM per batch entry (B has a batch). A reshape that merges dims reads the
+    result through div/mod of a flat index (ops_injective.reshape_index), which
+    compute_at cannot tile: correct, but the anchor is scheduled on its own."""
+    from einfuse.codegen.tvm.dense import DENSE_PATH
+
+    def build(bl, a, b):
+        return bl.op("reshape", [bl.op("matmul", [a, b])], shape=shape)
+
+    kernel = check({"a": rand(2, 3, 13, 19), "b": rand(3, 19, 37)}, build)
+    assert f'"{DENSE_PATH}": "{path}"' in kernel.meta["source"]
+
+
+def test_gemv_reshape_residual_epilogue():
+    """The dot-product kernel (a few rows, transposed B as an operand) with a view epilogue."""
+    from einfuse.codegen.tvm.dense import DENSE_PATH
+
+    def build(bl, a, b, r):
+        y = bl.op("reshape", [bl.op("gemm", [a, b], transB=1)], shape=(1, 3, 37))
+        return bl.op("add", [y, r])
+
+    kernel = check({"a": rand(3, 70), "b": rand(37, 70), "r": rand(1, 3, 37)}, build)
+    assert f'"{DENSE_PATH}": "gemv_fused"' in kernel.meta["source"]

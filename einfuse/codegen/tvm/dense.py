@@ -16,8 +16,12 @@ An anchor is emitted as three kinds of TE stage:
 The scheduler inlines view and epilogue into the group's output stage, tiles that stage
 (mr x nr), and computes the accumulator tile at the tile loop in "local" scope: the
 accumulators live in registers and the epilogue runs on them before the only store.
-(When the anchor's result leaves the region twice, the anchor is tiled on its own with a
-register cache written back to its buffer, and the rest gets the plain schedule.)
+The output stage may also be a view of the op's result (a reshape/flatten/squeeze in the
+epilogue, e.g. GPT-2's addmm -> view [1, S, H]): its loops are regrouped onto the anchor's
+(batch, row, column) axes, see `match_output`. (When the anchor's result leaves the region
+twice, or the output does not map onto its tiles (a transpose), the anchor is tiled on its
+own with a register cache written back to its buffer, and the rest gets the plain schedule.)
+The path taken is left on the tiled block as the annotation DENSE_PATH.
 
 Micro-kernel (fp32, AVX-512): mr rows x nr columns of accumulators, nr a power-of-two
 multiple of the 16 lanes; the k loop outside, rows unrolled, columns vectorized: mr*nr/16
@@ -44,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import te, tirx
+from tvm.sym import Analyzer
 
 from einfuse.codegen.backend import LoweringError
 from einfuse.codegen.tvm.emit import emitter, scheduler
@@ -52,6 +57,9 @@ from einfuse.errors import EinfuseError
 # Block annotations the emitters leave for the scheduler.
 KERNEL = "einfuse.kernel"  # "gemm", "gemv", "conv", "depthwise", "naive": keys of ANCHOR_SCHEDULES
 PACK_KIND = "einfuse.pack"  # on an in-kernel pack stage: "plain" (a reshape), "pad", "gather"
+# Which path the schedule took, left on the block it tiles (visible in Kernel.meta["source"]):
+# "gemm_fused"/"gemv_fused" (epilogue in the register tile's write), "gemm_alone".
+DENSE_PATH = "einfuse.dense_path"
 
 # Anchor kind -> fn(sch, acc_block, annotations, info): schedules a kernel around its anchor.
 ANCHOR_SCHEDULES: dict[str, Callable] = {}
@@ -328,6 +336,7 @@ def emit_gemm(
             "einfuse.mr": mr,
             "einfuse.nr": nr,
             "einfuse.rows": rows,
+            "einfuse.n": n,
             "einfuse.pack_stage": bp.op.name if isinstance(bp.op, te.ComputeOp) else "",
             **_out_ann(flatten, out_batch, has_m, has_n),
         }
@@ -394,6 +403,7 @@ def _dot_stages(ctx, op, a_at, b_at, operands_at, bt, rows, n, k, acc_t, lanes, 
         KERNEL: "gemv",
         "einfuse.cols": cols,
         "einfuse.rows": rows,
+        "einfuse.n": n,
         **{f"einfuse.{key}_stage": names.get(key, "") for key in ("part", "dot", "tail", "sum")},
         **out_ann,
     }
@@ -660,10 +670,20 @@ def schedule_simple(sch, block, threads: int, lanes: int = 16) -> None:
 def schedule_leftovers(sch, done: set[str], threads: int) -> None:
     """schedule_simple for every root-level block no anchor schedule placed."""
     for blk in all_blocks(sch):
-        if _name(sch, blk) in done:
+        if _name(sch, blk) in done or not _at_root(sch, blk):
             continue
         if len(sch.get_loops(blk)) == len(sch.get(blk).iter_vars):
             schedule_simple(sch, blk, threads)
+
+
+def _at_root(sch, block) -> bool:
+    """True when the block has a root-level loop nest of its own: not a block an anchor
+    schedule placed inside its tile loops (a reduction's init block can have as many
+    loops as iter vars there, and fusing the tile loop with its own would fail)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return True
+    return len(sch.get_child_blocks(loops[0])) == 1
 
 
 def _loop_index(sch, loops, loop) -> int:
@@ -708,24 +728,20 @@ def schedule_gemm(sch, acc, ann: dict, info) -> set[str]:
     keep = [pack_name] if pack_name else []
     consumers = inline_epilogue(sch, acc, keep)
     done = {_name(sch, acc)} | set(keep)
-    nb, nm, nn = ann["einfuse.out_b"], ann["einfuse.out_m"], ann["einfuse.out_n"]
-    out = consumers[0] if len(consumers) == 1 else None
-    if out is not None and (not is_output(sch, out) or len(sch.get_loops(out)) != nb + nm + nn):
-        out = None
-    if nb + nm + nn == 0:  # a dot product of two vectors: nothing to tile
-        return done
-    if out is None:
+    if ann["einfuse.out_b"] + ann["einfuse.out_m"] + ann["einfuse.out_n"] == 0:
+        return done  # a dot product of two vectors: nothing to tile
+    out = consumers[0] if len(consumers) == 1 and is_output(sch, consumers[0]) else None
+    groups = match_output(sch, out, [acc], ann) if out is not None else None
+    if groups is None:
         _schedule_anchor_alone(sch, acc, mr, nr, threads)
+        sch.annotate(acc, DENSE_PATH, "gemm_alone")
         if pack is not None:
             schedule_simple(sch, pack, threads)
         schedule_leftovers(sch, done, threads)
         return done
     done.add(_name(sch, out))
-    if nb > 1 or nm > 1:
-        # One loop per acc axis. Fusing loops instead would leave the acc's row index as
-        # div/mod of the fused loop, which compute_at's region analysis cannot see through.
-        _canonical_layout(sch, out, nb, nm, nn)
-        nb, nm = min(nb, 1), min(nm, 1)
+    sch.annotate(out, DENSE_PATH, "gemm_fused")
+    nb, nm, nn = groups
     loops = sch.get_loops(out)
     b_loops, m_loops, n_loops = loops[:nb], loops[nb : nb + nm], loops[nb + nm :]
     b = b_loops[0] if b_loops else None
@@ -797,8 +813,89 @@ def _schedule_pack_panel(sch, pack) -> None:
         sch.reorder(ji, kk)
 
 
+def match_output(sch, out, anchors: Sequence, ann: dict) -> tuple[int, int, int] | None:
+    """Lays the output stage's loops out as the anchor's (batch, row, column) axes, at most
+    one loop each; returns how many of each it has, or None when the output does not map
+    onto the anchor's tiles (then the anchor is scheduled on its own).
+
+    The output is the op's view, or a view of it (reshape, flatten, squeeze, unsqueeze in
+    the epilogue, inlined into the output write): its loops are grouped by extent into
+    batch, rows and columns, each group re-indexed as one loop (row-major, as a reshape
+    keeps the element order), and then every read of an anchor's result (`anchors`,
+    [batch, rows, columns] stages) must be exactly at the output's own (batch, row,
+    column), which rejects views that move elements across groups (a transpose)."""
+    nb, nm, nn = ann["einfuse.out_b"], ann["einfuse.out_m"], ann["einfuse.out_n"]
+    extents = [extent(sch, lp) for lp in sch.get_loops(out)]
+    if len(extents) != nb + nm + nn:
+        groups = _view_groups(extents, ann, int(sch.get(anchors[0]).iter_vars[0].dom.extent))
+        if groups is None:
+            return None
+        nb, nm, nn = groups
+    if nb > 1 or nm > 1 or nn > 1:
+        # One loop per acc axis. Fusing loops instead would leave the acc's row index as
+        # div/mod of the fused loop, which compute_at's region analysis cannot see through.
+        _canonical_layout(sch, out, nb, nm, nn)
+        nb, nm, nn = min(nb, 1), min(nm, 1), min(nn, 1)
+    # Checked even for an output of the op's rank: a reshape may keep the rank ([26, 70]
+    # -> [70, 26]) and still not map.
+    if not _reads_own_tile(sch, out, anchors, nb, nm, nn):
+        return None
+    return nb, nm, nn
+
+
+def _view_groups(extents: list[int], ann: dict, batch: int) -> tuple[int, int, int] | None:
+    """(batch, row, column) loop counts that split `extents` into groups whose sizes are
+    the anchor's: the shortest prefix of `batch` elements (none when rows are flattened
+    over the batch), the shortest suffix of N columns, and the rest rows; None if none."""
+    if any(e <= 0 for e in extents):
+        return None
+    nb = _shortest_prefix(extents, batch if ann["einfuse.out_b"] else 1)
+    nn = _shortest_prefix(extents[::-1], ann.get("einfuse.n", -1))
+    if nb is None or nn is None or nb + nn > len(extents):
+        return None
+    if math.prod(extents[nb : len(extents) - nn]) != ann["einfuse.rows"]:
+        return None
+    return nb, len(extents) - nb - nn, nn
+
+
+def _shortest_prefix(xs: Sequence[int], size: int) -> int | None:
+    """The length of the shortest prefix of `xs` whose product is `size`, or None."""
+    p = 1
+    for i, x in enumerate(xs):
+        if p == size:
+            return i
+        p *= x
+    return len(xs) if p == size else None
+
+
+def _reads_own_tile(sch, out, anchors: Sequence, nb: int, nm: int, nn: int) -> bool:
+    """True when `out` (one loop per group) reads the anchor stages only at its own
+    (batch or 0, row or 0, column or 0): compute_at then needs one register tile per tile.
+    Proved WITHOUT the loops' bounds: compute_at's region analysis does not see through
+    an index that is only equal within them (a reshape's div/mod over regrouped rows),
+    and would compute a bigger region than the tile."""
+    blk = sch.get(out)
+    ivs = list(blk.iter_vars)
+    zero = tirx.const(0, "int32")
+    want = [ivs[0].var if nb else zero, ivs[nb].var if nm else zero, ivs[-1].var if nn else zero]
+    analyzer = Analyzer()
+    for iv in ivs:
+        if analyzer.can_prove_equal(iv.dom.extent, 1):
+            analyzer.bind(iv.var, iv.dom.min)  # a unit loop: TIR may read it as its constant
+    buffers = [sch.get(a).writes[0].source for a in anchors]
+    for region in blk.reads:
+        if not any(region.source.same_as(b) for b in buffers):
+            continue
+        if len(region.region) != 3:
+            return False
+        for rng, w in zip(region.region, want):
+            if not analyzer.can_prove_equal(rng.extent, 1) or not analyzer.can_prove_equal(rng.min, w):
+                return False
+    return True
+
+
 def _canonical_layout(sch, block, nb: int, nm: int, nn: int) -> None:
-    """Re-indexes `block` as (flat batch, flat rows, column) over its loop groups."""
+    """Re-indexes `block` as (flat batch, flat rows, flat columns) over its loop groups."""
     extents = [extent(sch, lp) for lp in sch.get_loops(block)]
     groups = [(0, nb), (nb, nb + nm), (nb + nm, nb + nm + nn)]
 
@@ -848,15 +945,15 @@ def schedule_gemv(sch, part, ann: dict, info) -> set[str]:
     keep = [names["part"], names["tail"]] if names["tail"] else [names["part"]]
     done = {names["part"], names["dot"], names["tail"], names["sum"]} - {""}
     consumers = inline_epilogue(sch, dot, keep)
-    nb, nm, nn = ann["einfuse.out_b"], ann["einfuse.out_m"], ann["einfuse.out_n"]
-    out = consumers[0] if len(consumers) == 1 else None
-    if out is None or not is_output(sch, out) or len(sch.get_loops(out)) != nb + nm + nn or nn == 0:
+    out = consumers[0] if len(consumers) == 1 and is_output(sch, consumers[0]) else None
+    anchors = [dot, *([sch.get_sblock(names["tail"])] if names["tail"] else [])]
+    groups = match_output(sch, out, anchors, ann) if out is not None else None
+    if groups is None or groups[2] == 0:
         schedule_leftovers(sch, set(), threads)
         return done
     done.add(_name(sch, out))
-    if nb > 1 or nm > 1:
-        _canonical_layout(sch, out, nb, nm, nn)
-        nb, nm = min(nb, 1), min(nm, 1)
+    sch.annotate(out, DENSE_PATH, "gemv_fused")
+    nb, nm, nn = groups
     loops = sch.get_loops(out)
     b = loops[0] if nb else None
     m = loops[nb] if nm else None

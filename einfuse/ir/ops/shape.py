@@ -361,13 +361,19 @@ def _gather_elements_infer(ctx):
     _check_index_dtype(ctx, 1)
     if idx.rank != x.rank:
         raise ctx.error(f"indices {idx} must have the rank of data {x}")
+    for d, (a, b) in enumerate(zip(idx.shape, x.shape)):
+        if d != ctx.attrs["axis"] and isinstance(a, int) and isinstance(b, int) and a > b:
+            raise ctx.error(f"indices {idx} are larger than data {x} on axis {d}")
     return [x.with_shape(idx.shape)]
 
 
 @register("gather_elements", family=INJECTIVE, inputs=2, attrs={"axis": Attr("int", 0)}, infer=_gather_elements_infer)
 def gather_elements(x, indices, *, axis):
     """out[i][j][k] = x[indices[i][j][k]][j][k] for axis 0 (take_along_axis)"""
-    return np.take_along_axis(x, _normalize_index(indices, x.shape[axis]), axis=axis)
+    # Indices may be smaller than the data on the other axes (ONNX allows it): take the
+    # leading block of x there, or take_along_axis would broadcast the indices instead.
+    block = tuple(slice(None) if d == axis else slice(0, n) for d, n in enumerate(indices.shape))
+    return np.take_along_axis(x[block], _normalize_index(indices, x.shape[axis]), axis=axis)
 
 
 def _gather_nd_infer(ctx):
