@@ -2,7 +2,13 @@
 
     einfuse show MODEL [--dims B=1,S=128]          print the IR text
     einfuse run MODEL [--input NAME=X.npy] ...     run on given or random inputs
+                 [--target llvm]                   (compiled with TVM; MODEL may be an .einf file)
+    einfuse compile MODEL -o OUT.einf [--dims ..]  compile for this CPU into one file
+    einfuse bench MODEL [--runs N] [--profile]     einfuse vs onnxruntime vs TVM Relax, side by side
+    einfuse tune MODEL                             MetaSchedule tuning (not implemented yet)
+    einfuse explain MODEL [-v] [--dims B=1]        run the default pipeline, pass by pass
     einfuse conformance [--filter SUBSTR] ...      ONNX node conformance report
+    einfuse fuzz [--backend tvm] [--time 5m]       differential graph fuzzer (reproducers in fuzz-out/)
 
 An `EinfuseError` prints `error: <message>` (and `hint: <hint>`) on stderr and exits
 with 1, without a traceback; any other exception is an internal error (exit 2).
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import zipfile
 from collections.abc import Sequence
@@ -25,7 +32,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # a clean einfuse error: bad model, bad input, unsupported op
 EXIT_INTERNAL = 2  # a bug in einfuse
 
-TARGETS = ("reference",)
+TARGETS = ("reference", "llvm")
 
 RANDOM_INPUTS_DOC = (
     "Inputs not given with --input are random, from --seed (default 0): floats standard "
@@ -198,6 +205,51 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- explain
+
+
+def cmd_explain(args) -> int:
+    """Runs the default pipeline, printing per pass: nodes before -> after, time, the
+    rules that fired, and with -v the unified diff of the IR text (constants elided);
+    ends with the fused groups by kind."""
+    import difflib
+
+    from einfuse.ir.printer import print_graph
+    from einfuse.passes.fuse import fused_groups
+    from einfuse.passes.pipeline import optimize
+
+    graph = _load_graph(args, default_dims=False)
+    print(f"{args.model}: {len(graph.nodes)} nodes, {len(graph.constants)} constants")
+    texts = [print_graph(graph, constants="elide")] if args.verbose else []
+
+    def observe(record, result) -> None:
+        change = "changed" if record.changed else "no change"
+        print(
+            f"{record.index:2d}. {record.name:<32} {record.nodes_before:5d} -> {record.nodes_after:5d} nodes"
+            f"  {record.seconds * 1e3:9.1f} ms  {change}"
+        )
+        if record.rules_fired:
+            fired = sorted(record.rules_fired.items(), key=lambda item: (-item[1], item[0]))
+            print("      rules: " + ", ".join(f"{name} {count}" for name, count in fired))
+        if args.verbose and record.changed:
+            text = print_graph(result, constants="elide")
+            diff = difflib.unified_diff(
+                texts[-1].splitlines(), text.splitlines(), f"before {record.name}", f"after {record.name}", lineterm=""
+            )
+            print("\n".join(diff))
+            texts.append(text)
+        sys.stdout.flush()  # a pass at a time, as they finish
+
+    graph = optimize(graph, verify=args.verify, dump=args.dump, instrument=observe)
+    groups = fused_groups(graph)
+    by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])))
+    print(f"fused groups: {sum(groups.values())}" + (f" ({by_kind})" if by_kind else ""))
+    loose = [n.op for n in graph.nodes if n.op != "fused"]
+    if loose:
+        print(f"outside fused groups: {len(loose)} node(s) ({', '.join(sorted(set(loose)))})")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------- run
 
 
@@ -231,41 +283,157 @@ def _coerce_input(dtype, arr: np.ndarray) -> np.ndarray:
 
 def cmd_run(args) -> int:
     from einfuse.codegen import reference
+    from einfuse.compiler import is_executable_file
 
     given = _parse_named_files(args.input, "--input")
     bind = _parse_named_files(args.bind, "--bind")
     both = sorted(set(given) & set(bind))
     if both:
         raise InputError(f"{', '.join(repr(n) for n in both)} given with both --input and --bind")
-    graph = _load_graph(args, bind, given, default_dims=True)
+    if is_executable_file(args.model):
+        # A compiled .einf file: fixed shapes and target, nothing to import or compile.
+        if bind or args.dims:
+            raise InputError("--bind and --dims apply when compiling; an .einf file has fixed shapes")
+        from einfuse.compiler import load
 
-    by_name = {v.name: v for v in graph.inputs}
-    unknown = [n for n in given if n not in by_name]
-    if unknown:
-        takes = ", ".join(repr(n) for n in by_name) or "no inputs"
-        raise InputError(f"unknown input {unknown[0]!r} in --input; the model takes {takes}")
-
-    rng = np.random.default_rng(args.seed)
-    feeds: dict[str, np.ndarray] = {}
-    randomized = []
-    for v in graph.inputs:
-        if v.name in given:
-            feeds[v.name] = _coerce_input(v.dtype, given[v.name])
+        compiled = load(args.model)
+        feeds = _make_feeds(compiled.inputs, given, args.seed)
+        outputs = compiled.run(feeds)
+    else:
+        graph = _load_graph(args, bind, given, default_dims=True)
+        feeds = _make_feeds(graph.inputs, given, args.seed)
+        if args.target == "reference":
+            outputs = reference.run(graph, feeds)
         else:
-            feeds[v.name] = random_input(rng, _concrete_shape(v), v.dtype)
-            randomized.append(v.name)
-    if randomized and given:
-        _note(f"random inputs (seed {args.seed}) for {', '.join(repr(n) for n in randomized)}")
-    elif randomized:
-        _note(f"random inputs (seed {args.seed})")
+            from einfuse.compiler import compile as compile_model
 
-    outputs = reference.run(graph, feeds)
+            outputs = compile_model(graph, target=args.target).run(feeds)
     for name, arr in outputs.items():
         print(summarize(name, np.asarray(arr)))
     if args.save:
         save_npz(args.save, outputs)
         _note(f"saved {len(outputs)} output(s) to {args.save}")
     return EXIT_OK
+
+
+def _make_feeds(inputs, given: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """The --input arrays by name, and seeded random arrays for the other inputs."""
+    by_name = {v.name: v for v in inputs}
+    unknown = [n for n in given if n not in by_name]
+    if unknown:
+        takes = ", ".join(repr(n) for n in by_name) or "no inputs"
+        raise InputError(f"unknown input {unknown[0]!r} in --input; the model takes {takes}")
+
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    randomized = []
+    for v in inputs:
+        if v.name in given:
+            feeds[v.name] = _coerce_input(v.dtype, given[v.name])
+        else:
+            feeds[v.name] = random_input(rng, _concrete_shape(v), v.dtype)
+            randomized.append(v.name)
+    if randomized and given:
+        _note(f"random inputs (seed {seed}) for {', '.join(repr(n) for n in randomized)}")
+    elif randomized:
+        _note(f"random inputs (seed {seed})")
+    return feeds
+
+
+# ----------------------------------------------------------------------------- compile
+
+
+def cmd_compile(args) -> int:
+    """Imports MODEL, compiles it for --target and writes one .einf file."""
+    from einfuse.compiler import compile as compile_model
+    from einfuse.passes.plan_memory import format_bytes
+
+    bind = _parse_named_files(args.bind, "--bind")
+    graph = _load_graph(args, bind, default_dims=True)
+    compiled = compile_model(graph, target=args.target, cache=not args.no_cache)
+    compiled.save(args.output)
+    print(str(compiled.report))
+    size = os.path.getsize(args.output)
+    print(f"wrote {args.output} ({format_bytes(size)}); run it with `einfuse run {args.output}`")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args) -> int:
+    """einfuse, onnxruntime and TVM Relax on each MODEL, side by side (see runtime/profiler.py)."""
+    threads = args.threads or _cpu_count()
+    # TVM's thread pool reads this when it starts: before anything imports TVM.
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    from einfuse.frontends.onnx import ONNX_TO_DTYPE
+    from einfuse.frontends.onnx_io import load_model_proto
+    from einfuse.passes.plan_memory import format_bytes
+    from einfuse.runtime.profiler import bench_model
+
+    dims = _parse_dims(args.dims)
+    for path in args.model:
+        model = load_model_proto(path, max_external_bytes=args.max_const_bytes)
+        rng = np.random.default_rng(args.seed)
+        init = {t.name for t in model.graph.initializer}
+        feeds = {}
+        for vi in model.graph.input:
+            if vi.name in init:
+                continue
+            tt = vi.type.tensor_type
+            dtype = ONNX_TO_DTYPE.get(tt.elem_type)
+            if dtype is None:
+                raise InputError(f"{path}: input {vi.name!r} has an element type einfuse does not support")
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else dims.get(d.dim_param, 1) for d in tt.shape.dim
+            )
+            feeds[vi.name] = random_input(rng, shape, dtype)
+        print(f"== {path}: {threads} thread(s), up to {args.runs} runs after {args.warmup} warm-up, median")
+        sys.stdout.flush()
+        result = bench_model(
+            model,
+            label=str(path),
+            inputs=feeds,
+            target=args.target,
+            dims=dims or None,
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=threads,
+            relax=not args.no_relax,
+            progress=sys.stderr.isatty(),
+        )
+        print(result.table())
+        if result.report is not None:
+            r = result.report
+            print(f"einfuse: {r.groups} groups, {r.kernels} kernels, compile {r.seconds.get('total', 0):.2f} s "
+                  f"(cache: {r.cache or 'off'}); planned peak {format_bytes(r.arena_bytes)} of intermediates "
+                  f"(sum {format_bytes(r.intermediate_bytes)})")  # fmt: skip
+            for f in r.fallbacks:
+                print(f"  reference fallback: {f['kernel']} ({f['kind']}: {'+'.join(f['ops'][:6])}): {f['reason']}")
+        if result.agreement:
+            print(result.agreement)
+        if args.profile and result.profile is not None:
+            print(result.profile.table(limit=args.profile_rows))
+        print(result.closing_line())
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# -------------------------------------------------------------------------------- tune
+
+
+def cmd_tune(args) -> int:
+    raise EinfuseError(
+        "einfuse tune: MetaSchedule tuning is not implemented yet",
+        hint="`einfuse compile` uses the rule-based schedules of the TVM backend",
+    )
 
 
 def summarize(name: str, arr: np.ndarray, first: int = 5) -> str:
@@ -371,6 +539,15 @@ def _print_table_rich(report) -> None:
     Console().print(table)
 
 
+# -------------------------------------------------------------------------------- fuzz
+
+
+def cmd_fuzz(args) -> int:
+    from einfuse.testing.fuzz import cli_main
+
+    return cli_main(args)
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -395,7 +572,7 @@ def _add_common(p: argparse.ArgumentParser, *, top: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="einfuse",
-        description="einfuse: a deep-learning compiler with a graph IR, fusion passes and TVM/Triton codegen.",
+        description="einfuse: a deep-learning compiler with a graph IR, fusion passes and TVM code generation for CPUs.",
     )
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -420,9 +597,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", action="append", metavar="NAME=N,...", help=dims_help + "; unset ones default to 1")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
     p.add_argument("--save", metavar="OUT.npz", help="write every output, by name, to an .npz file")
-    p.add_argument("--target", choices=TARGETS, default="reference", help="backend (default: reference)")
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="reference",
+        help="reference (numpy, default) or llvm (compiled with TVM for this CPU); ignored for .einf files",
+    )
     _add_common(p, top=False)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "compile",
+        help="compile a model for this CPU into one .einf file",
+        description="Imports MODEL, runs the default pipeline, compiles every fused group (through the kernel "
+        "cache, $EINFUSE_CACHE_DIR or ~/.cache/einfuse) and writes kernels, weights and the buffer plan to one "
+        "file that `einfuse run FILE.einf` runs without recompiling.",
+    )
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.einf", help="the file to write")
+    p.add_argument("--target", choices=TARGETS, default="llvm", help="llvm (TVM, default) or reference")
+    p.add_argument("--dims", action="append", metavar="NAME=N,...", help=dims_help + "; unset ones default to 1")
+    p.add_argument("--bind", action="append", metavar="NAME=FILE.npy", help="make a graph input a constant")
+    p.add_argument("--no-cache", action="store_true", help="compile every kernel afresh; store nothing")
+    _add_common(p, top=False)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser(
+        "bench",
+        help="time einfuse, onnxruntime and TVM Relax on a model, side by side",
+        description="Each runtime is set up, warmed up and timed in its own block (never interleaved), with "
+        "the same thread count; the median latency, the ratio to onnxruntime, setup time and the growth of "
+        "peak RSS are shown, and the last line per model is `ratio vs onnxruntime: R`.",
+    )
+    p.add_argument("model", metavar="MODEL", nargs="+", help="ONNX model file(s)")
+    p.add_argument("--runs", type=int, default=50, metavar="N", help="timed runs per runtime (default 50)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs first (default 3)")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="threads for every runtime (default: CPUs)")
+    p.add_argument("--profile", action="store_true", help="add einfuse's per-kernel time table")
+    p.add_argument("--profile-rows", type=int, default=25, metavar="N", help="rows of that table (default 25)")
+    p.add_argument("--no-relax", action="store_true", help="leave out TVM Relax's own ONNX pipeline")
+    p.add_argument("--target", choices=TARGETS, default="llvm", help="einfuse's target (default llvm)")
+    p.add_argument("--dims", action="append", metavar="NAME=N,...", help=dims_help + "; unset ones default to 1")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+    _add_common(p, top=False)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="MetaSchedule tuning (not implemented yet: exits with an error)")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="ONNX model file")
+    _add_common(p, top=False)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "explain",
+        help="run the default pass pipeline on a model, pass by pass",
+        description="Prints, for each pass of the default pipeline, the node counts before and after, the "
+        "time and the rewrite rules that fired (with -v also a diff of the IR text, constants elided), "
+        "then the fused groups by kind.",
+    )
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("-v", "--verbose", action="store_true", help="show a unified diff of the IR after each pass")
+    p.add_argument("--dims", action="append", metavar="NAME=N,...", help=dims_help)
+    p.add_argument("--verify", action="store_true", help="run the IR verifier after every pass")
+    p.add_argument("--dump", metavar="DIR", help="write the IR text after every pass into DIR (NN-pass.ir)")
+    _add_common(p, top=False)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "conformance",
@@ -435,6 +673,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, metavar="SEC", help="time limit per case (default 30)")
     _add_common(p, top=False)
     p.set_defaults(func=cmd_conformance)
+
+    from einfuse.testing.fuzz import add_arguments as add_fuzz_arguments
+
+    p = sub.add_parser(
+        "fuzz",
+        help="fuzz a backend with random graphs against the reference and onnxruntime",
+        description="Random typed graphs over the ops the backend supports, checked against the reference "
+        "and onnxruntime; each new kind of failure is shrunk and written as a reproducer (IR text, .onnx, "
+        "inputs .npz) with the command that replays it. Exits 1 when a failure is not explained.",
+    )
+    add_fuzz_arguments(p)
+    _add_common(p, top=False)
+    p.set_defaults(func=cmd_fuzz)
     return parser
 
 

@@ -277,3 +277,14 @@ def test_explain_reports_a_bad_model_cleanly(capsys, tmp_path):
     path.write_bytes(b"not a model")
     rc, _, err = _explain(capsys, str(path))
     assert rc == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_explain_dump_writes_the_ir_after_every_pass(capsys, tmp_path):
+    path = str(light_model_dir() / "light_squeezenet.onnx")
+    rc, out, err = _explain(capsys, path, "--dump", str(tmp_path / "ir"))
+    assert rc == 0, err
+    files = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert files[0] == "00-input.ir" and files[-1] == f"{len(DEFAULT_PIPELINE):02d}-fuse.ir"
+    assert len(files) == len(DEFAULT_PIPELINE) + 1
+    last = (tmp_path / "ir" / files[-1]).read_text()
+    assert last.startswith("graph @main(") and "= fused(" in last and "batch_norm" not in last
