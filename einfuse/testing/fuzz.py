@@ -241,6 +241,9 @@ def fuzz(config: FuzzConfig, progress: Callable[[FuzzReport], None] | None = Non
             max_examples=config.chunk,
             deadline=None,
             database=None,
+            # explicit: on CI (CI=true) hypothesis' default profile derandomizes, which would
+            # ignore the per-chunk seed below and draw the same graphs in every chunk
+            derandomize=False,
             suppress_health_check=list(HealthCheck),
             phases=[Phase.generate, Phase.shrink],
             report_multiple_bugs=False,

@@ -11,7 +11,7 @@ from einfuse.ir.parser import parse
 from einfuse.ir.types import DType
 from einfuse.testing.check import CheckFailure, Tolerance, check, compare, partition, singleton_fused
 from einfuse.testing.pytest_plugin import KernelBackend, backend_property, kernel_property
-from tests.testing.test_regressions import OPEN_BUGS
+from tests.testing.test_regressions import OPEN_BUGS, TVM_OPEN_BUGS
 
 F32 = DType.f32
 
@@ -155,7 +155,7 @@ def _tvm_ops():
     from einfuse.testing.fuzz import backend_ops
     from einfuse.testing.strategies import covered_ops
 
-    return sorted((backend_ops("tvm") & covered_ops()) - set(OPEN_BUGS))
+    return sorted((backend_ops("tvm") & covered_ops()) - set(TVM_OPEN_BUGS))
 
 
 test_tvm_backend = pytest.mark.slow(backend_property("tvm", ops=_tvm_ops, max_nodes=4, onnx=True, max_examples=15))

@@ -66,19 +66,17 @@ class DropBias(Pass):
         return rewrite(graph, RuleSet([_fuse_matmul_bias])).graph
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone and in this file locally, but failed in a fresh-clone CI run (200 seeded "
-    "graphs found no mismatch): an order or state dependence not yet found; see the issue 6 note",
-)
 def test_fuzzer_finds_a_fusion_rule_that_drops_a_bias(tmp_path):
     report = fuzz(
         FuzzConfig(
             backend="reference",
             passes=[DropBias()],
+            # Hypothesis draws constants it finds in the imported modules, so which test
+            # files ran before changes the graphs: the pattern must be common, not lucky
+            # (matmul + add, a bias add follows a matmul in about one graph in eight).
             max_graphs=200,
-            max_nodes=4,
-            ops=["matmul", "add", "relu"],
+            max_nodes=3,
+            ops=["matmul", "add"],
             onnx=False,
             out_dir=tmp_path,
             shrink_seconds=10,
@@ -118,12 +116,22 @@ def test_tvm_fuzz_ci_profile(tmp_path):
     """A bounded run of `einfuse fuzz --backend tvm`: no crash, no unexplained mismatch."""
     from einfuse.testing.fuzz import backend_ops
     from einfuse.testing.strategies import covered_ops
-    from tests.testing.test_regressions import OPEN_BUGS
+    from tests.testing.test_regressions import TVM_OPEN_BUGS
 
-    ops = sorted((backend_ops("tvm") & covered_ops()) - set(OPEN_BUGS))
-    report = fuzz(
-        FuzzConfig(backend="tvm", ops=ops, max_graphs=25, max_nodes=5, out_dir=tmp_path, shrink_seconds=20, seed=3)
+    ops = sorted((backend_ops("tvm") & covered_ops()) - set(TVM_OPEN_BUGS))
+    # isolated, with a timeout: a compile that never ends fails this test instead of stalling CI
+    config = FuzzConfig(
+        backend="tvm",
+        ops=ops,
+        max_graphs=25,
+        max_nodes=5,
+        out_dir=tmp_path,
+        shrink_seconds=20,
+        seed=3,
+        isolate=True,
+        graph_timeout=90,
     )
+    report = fuzz(config)
     assert not report.unexplained, report.summary()
     assert report.graphs == 25
 

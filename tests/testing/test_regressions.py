@@ -18,6 +18,15 @@ from einfuse.testing.check import check
 # Ops with an open bug below: the property tests and the CI fuzz run leave them out until
 # the fix lands, so that they keep guarding everything else.
 OPEN_BUGS: dict[str, str] = {}
+# ...and ops the TVM tests leave out: TVM compiles regions whose inputs are all constants
+# slowly or never (test_tvm_compile_of_softplus_on_constant_expressions_finishes; also
+# one_hot of constant indices then elu: 28 s), which would stall CI.
+TVM_OPEN_BUGS: dict[str, str] = {
+    **OPEN_BUGS,
+    "softplus": "test_tvm_compile_of_softplus_on_constant_expressions_finishes",
+    "mish": "the same (mish is x * tanh(softplus(x)))",
+    "one_hot": "the same (one_hot of constant indices, then elu or softplus)",
+}
 
 
 def _gather_elements_expected(x, idx, axis):
