@@ -59,13 +59,13 @@ _DIM_DTYPES = (DType.i64, DType.i32)
 # -- reshape targets ----------------------------------------------------------------------
 
 
-def static_reshape_target(in_shape: tuple, out_shape: tuple) -> tuple[tuple[int, ...], int] | None:
+def static_reshape_target(in_shape: tuple, out_shape: tuple) -> tuple[tuple[int, ...], bool] | None:
     """The canonical reshape attributes (shape, allowzero) taking `in_shape` to `out_shape`,
     or None when the attributes cannot express it: static dims explicit, a symbolic dim
     equal to the input's at the same position 0 (copy), at most one other dim -1."""
     if all(isinstance(d, int) for d in out_shape):
         # Explicit everywhere; a literal 0 needs allowzero (0 would otherwise copy).
-        return tuple(out_shape), int(0 in out_shape)
+        return tuple(out_shape), 0 in out_shape
     if 0 in out_shape:
         return None  # a literal 0 (allowzero) cannot sit beside a -1
     target = []
@@ -83,12 +83,12 @@ def static_reshape_target(in_shape: tuple, out_shape: tuple) -> tuple[tuple[int,
         return ValueError(msg)
 
     try:
-        dims = resolve_reshape(tuple(in_shape), tuple(target), 0, fail)
+        dims = resolve_reshape(tuple(in_shape), tuple(target), False, fail)
     except ValueError:
         return None
     if not all(dims_equal(a, b) for a, b in zip(dims, out_shape)):
         return None  # e.g. the -1 resolves to floor(...) of something else
-    return tuple(target), 0
+    return tuple(target), False
 
 
 # -- symbolic elements of shape computations ------------------------------------------------

@@ -937,10 +937,10 @@ def _matmul(gen: GraphGen, op: str):
 @recipe("gemm")
 def _gemm(gen: GraphGen, op: str):
     x = gen.operand(lambda v, f: f.bounded and v.rank == 2, shape=(gen.integers(1, 4), gen.integers(1, 4)))
-    trans_a = gen.integers(0, 1)
+    trans_a = bool(gen.integers(0, 1))
     m_, k = (x.shape[1], x.shape[0]) if trans_a else x.shape
     n = gen.integers(1, 4)
-    trans_b = gen.integers(0, 1)
+    trans_b = bool(gen.integers(0, 1))
     kmax = max(gen.sym_max(k), 1)
     lo, hi = _weight_range(gen, kmax)
     w = gen.leaf((n, k) if trans_b else (k, n), x.dtype, lo, hi)
@@ -1091,12 +1091,12 @@ def _pool(gen: GraphGen, op: str):
     attrs = {"kernel_shape": ks, "strides": ss, "pads": pads}
     f = gen.fact(x)
     if op == "max_pool":
-        attrs.update(dilations=ds, ceil_mode=0, storage_order=0, with_indices=False)
+        attrs.update(dilations=ds, ceil_mode=False, storage_order=0, with_indices=False)
         return [x], attrs, Facts(min(f.lo, 0) if any(pads) else f.lo, max(f.hi, 0) if any(pads) else f.hi, f.exact)
     if op == "average_pool":
-        attrs.update(dilations=(1,) * nsp, ceil_mode=0, count_include_pad=gen.integers(0, 1))
+        attrs.update(dilations=(1,) * nsp, ceil_mode=False, count_include_pad=bool(gen.integers(0, 1)))
         return [x], attrs, Facts(min(f.lo, 0), max(f.hi, 0), False)
-    attrs.update(dilations=(1,) * nsp, ceil_mode=0, p=gen.choice([1, 2]))
+    attrs.update(dilations=(1,) * nsp, ceil_mode=False, p=gen.choice([1, 2]))
     return [x], attrs, Facts(0.0, math.prod(ks) * f.mag, False)
 
 
@@ -1242,7 +1242,7 @@ def _reshape(gen: GraphGen, op: str):
             if gen.integers(0, 3) == 0:
                 i = gen.integers(0, len(shape) - 1)
                 shape = shape[:i] + (-1,) + shape[i + 1 :]
-        return [x], {"shape": shape, "allowzero": 0}, _same(gen, x)
+        return [x], {"shape": shape, "allowzero": False}, _same(gen, x)
     first_sym = next(i for i, d in enumerate(x.shape) if not _static(d))
     head = tuple(0 for _ in range(first_sym + 1))
     tail = x.shape[first_sym + 1 :]
@@ -1250,7 +1250,7 @@ def _reshape(gen: GraphGen, op: str):
         shape = head + _factor(gen, math.prod(tail), max_rank=2) if gen.boolean() else head + (-1,)
     else:
         shape = head + (-1,)
-    return [x], {"shape": shape, "allowzero": 0}, _same(gen, x)
+    return [x], {"shape": shape, "allowzero": False}, _same(gen, x)
 
 
 def _factor(gen: GraphGen, n: int, max_rank=3) -> tuple:
@@ -1433,7 +1433,7 @@ def _depth_space(gen: GraphGen, op: str):
 def _trilu(gen: GraphGen, op: str):
     x = _any_operand(gen, lambda v, f: v.rank >= 2)
     f = gen.fact(x)
-    return [x], {"upper": gen.integers(0, 1), "k": gen.integers(-2, 2)}, Facts(min(f.lo, 0), max(f.hi, 0), f.exact)
+    return [x], {"upper": bool(gen.integers(0, 1)), "k": gen.integers(-2, 2)}, Facts(min(f.lo, 0), max(f.hi, 0), f.exact)
 
 
 @recipe("shape", "size")
@@ -1453,7 +1453,7 @@ def _topk(gen: GraphGen, op: str):
         raise Reject("no exact operand with a static axis")
     axis = gen.choice([i for i, d in enumerate(x.shape) if _static(d) and d >= 1])
     k = gen.integers(1, x.shape[axis])
-    return [x], {"k": k, "axis": axis, "largest": gen.integers(0, 1), "sorted": 1}, gen.fact(x)
+    return [x], {"k": k, "axis": axis, "largest": bool(gen.integers(0, 1)), "sorted": True}, gen.fact(x)
 
 
 @recipe("gather_nd")

@@ -121,12 +121,12 @@ def test_matmul_int32():
 GEMM_CASES = [
     # (A shape, B shape, C shape or None, attrs)
     ((13, 19), (19, 37), None, {}),
-    ((19, 13), (19, 37), (13, 1), {"transA": 1}),
-    ((13, 19), (37, 19), (37,), {"transB": 1, "alpha": 0.5, "beta": 2.0}),
-    ((19, 13), (37, 19), (13, 37), {"transA": 1, "transB": 1, "beta": -1.0}),
+    ((19, 13), (19, 37), (13, 1), {"transA": True}),
+    ((13, 19), (37, 19), (37,), {"transB": True, "alpha": 0.5, "beta": 2.0}),
+    ((19, 13), (37, 19), (13, 37), {"transA": True, "transB": True, "beta": -1.0}),
     ((13, 19), (19, 37), (), {"alpha": 3.0, "beta": 0.0}),
-    ((1, 64), (100, 64), (100,), {"transB": 1}),  # a classifier head, batch 1
-    ((3, 70), (37, 70), None, {"transB": 1, "alpha": 2.0}),  # few rows, K not a vector multiple
+    ((1, 64), (100, 64), (100,), {"transB": True}),  # a classifier head, batch 1
+    ((3, 70), (37, 70), None, {"transB": True, "alpha": 2.0}),  # few rows, K not a vector multiple
 ]
 
 
@@ -300,7 +300,7 @@ def test_weight_operand_is_prepacked(op):
     if op == "matmul":
         arrays, attrs, name = [rand(13, 19), rand(19, 70)], {}, "matmul"
     elif op == "gemm_transB":
-        arrays, attrs, name = [rand(13, 19), rand(70, 19), rand(70)], {"transB": 1}, "gemm"
+        arrays, attrs, name = [rand(13, 19), rand(70, 19), rand(70)], {"transB": True}, "gemm"
     else:
         arrays, name = [rand(1, 5, 9, 9), rand(20, 5, 3, 3)], "conv"
         attrs = _conv_attrs((20, 5, 3, 3), {"pads": (1, 1, 1, 1), "strides": (2, 2)})

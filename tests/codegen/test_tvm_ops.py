@@ -346,8 +346,8 @@ def test_layout_ops():
                 blocksize=2,
                 mode="CRD",
             ),
-            "trilu": b.op("trilu", [x], upper=0, k=1),
-            "triu": b.op("trilu", [x], upper=1, k=-1),
+            "trilu": b.op("trilu", [x], upper=False, k=1),
+            "triu": b.op("trilu", [x], upper=True, k=-1),
         }
 
     node, region, labels = build_region({"x": ((2, 3, 4, 5), F32), "y": ((2, 1, 4, 5), F32)}, build, kind="injective")
@@ -566,10 +566,10 @@ def test_pools(dtype):
         return {
             "max": b.op("max_pool", [x], **win),
             "max_ceil_dil": b.op(
-                "max_pool", [x], kernel_shape=(2, 3), strides=(2, 3), pads=(0, 1, 1, 1), dilations=(2, 1), ceil_mode=1
+                "max_pool", [x], kernel_shape=(2, 3), strides=(2, 3), pads=(0, 1, 1, 1), dilations=(2, 1), ceil_mode=True
             ),
             "avg": b.op("average_pool", [x], **win),
-            "avg_incl": b.op("average_pool", [x], count_include_pad=1, **win),
+            "avg_incl": b.op("average_pool", [x], count_include_pad=True, **win),
             "avg_ceil": b.op(
                 "average_pool",
                 [x],
@@ -577,7 +577,7 @@ def test_pools(dtype):
                 strides=(3, 2),
                 pads=(1, 0, 1, 1),
                 dilations=(1, 1),
-                ceil_mode=1,
+                ceil_mode=True,
             ),
             "avg_ceil_incl": b.op(
                 "average_pool",
@@ -586,8 +586,8 @@ def test_pools(dtype):
                 strides=(3, 2),
                 pads=(1, 0, 1, 1),
                 dilations=(1, 2),
-                ceil_mode=1,
-                count_include_pad=1,
+                ceil_mode=True,
+                count_include_pad=True,
             ),
             "lp": b.op("lp_pool", [x], kernel_shape=(2, 2), strides=(1, 1), pads=(0, 0, 1, 1), dilations=(1, 1), p=3),
             "max_1d": b.op("max_pool", [x1], kernel_shape=(4,), strides=(3,), pads=(2, 2), dilations=(1,)),

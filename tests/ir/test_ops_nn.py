@@ -13,6 +13,7 @@ from einfuse.ir.ops import get_op
 from einfuse.ir.types import DType, sym
 from tests.onnx_helpers import (
     OnnxModel,
+    assert_bool_flags,
     case_ids,
     check_conformance_case,
     conformance_cases,
@@ -398,6 +399,25 @@ def test_softmax_opset11_symbolic_tail(rng):
     m = Model("Softmax", [("x", x)], opset=11, input_shapes={"x": [2, "S", "T"]})
     with pytest.raises(UnsupportedOpError, match="at most one symbolic dim"):
         m.graph()
+
+
+FLAG_CASES = [
+    # (ONNX op, operands, other attributes, flags as ONNX writes them)
+    ("Gemm", [("a", np.ones((4, 3), np.float32)), ("b", np.ones((5, 4), np.float32))], {}, {"transA": 1, "transB": 1}),
+    ("MaxPool", [("x", np.ones((1, 2, 6, 6), np.float32))], {"kernel_shape": [3, 3]}, {"ceil_mode": 1}),
+    (
+        "AveragePool",
+        [("x", np.ones((1, 2, 6, 6), np.float32))],
+        {"kernel_shape": [3, 3]},
+        {"ceil_mode": 1, "count_include_pad": 1},
+    ),
+    ("LpPool", [("x", np.ones((1, 2, 6, 6), np.float32))], {"kernel_shape": [3, 3]}, {"ceil_mode": 1}),
+]
+
+
+@pytest.mark.parametrize("op, operands, attrs, flags", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])
+def test_flags_are_bool_attributes(op, operands, attrs, flags):
+    assert_bool_flags(Model(op, operands, **attrs, **flags), flags)
 
 
 # ---------------------------------------------------------------------------

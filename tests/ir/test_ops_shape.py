@@ -21,6 +21,7 @@ from einfuse.ir.graph import Graph
 from einfuse.ir.types import DType, TensorType, format_dim, sym
 from tests.onnx_helpers import (
     OnnxModel,
+    assert_bool_flags,
     case_ids,
     check_conformance_case,
     conformance_cases,
@@ -806,6 +807,25 @@ def test_constant_string_is_unsupported():
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
     with pytest.raises(UnsupportedOpError, match="string"):
         convert_model(model)
+
+
+FLAG_CASES = [
+    # (ONNX op, operands, other attributes, flags as ONNX writes them)
+    ("Reshape", [("x", np.ones((0, 3), np.float32)), ("@s", i64(3, 0))], {"opset": 14}, {"allowzero": 1}),
+    ("Trilu", [("x", np.ones((3, 4), np.float32))], {"opset": 14}, {"upper": 0}),
+    ("TopK", [("x", np.ones((3, 5), np.float32)), ("@k", i64(2))], {"opset": 11}, {"largest": 0, "sorted": 0}),
+    (
+        "Resize",
+        [("x", np.ones((1, 1, 4, 4), np.float32)), None, ("@s", np.asarray((1, 1, 0.5, 0.5), np.float32))],
+        {"opset": 18, "mode": "linear"},
+        {"antialias": 1, "exclude_outside": 1},
+    ),
+]
+
+
+@pytest.mark.parametrize("op, operands, attrs, flags", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])
+def test_flags_are_bool_attributes(op, operands, attrs, flags):
+    assert_bool_flags(Model(op, operands, **attrs, **flags), flags)
 
 
 # ---------------------------------------------------------------------------

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import sympy
 
-from einfuse.errors import EinfuseError, ExecutionError, ShapeError, UnsupportedOpError
+from einfuse.errors import ExecutionError, ShapeError, UnsupportedOpError
 from einfuse.frontends.onnx import DynamicOperandError
 from tests.onnx_helpers import (
     OnnxModel,
+    assert_bool_flags,
     case_ids,
     check_conformance_case,
     conformance_cases,
@@ -423,6 +424,13 @@ def test_det_symbolic_and_errors():
         Model("Det", [("x", np.zeros((3, 3), np.int32))]).graph()
 
 
+def test_center_point_box_is_a_bool_attribute():
+    boxes, scores = np.zeros((1, 3, 4), np.float32), np.ones((1, 1, 3), np.float32)
+    assert_bool_flags(
+        Model("NonMaxSuppression", [("b", boxes), ("s", scores)], center_point_box=1), {"center_point_box": 1}
+    )
+
+
 # ---------------------------------------------------------------------------
 # ONNX conformance cases
 
@@ -473,9 +481,8 @@ def test_conformance_cases_were_found():
 
 def test_unsupported_variants_raise_clean_errors():
     x, grid = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 2, 2, 2), np.float32)
-    for attrs in ({"padding_mode": "wrap"}, {"align_corners": 2}):
-        with pytest.raises(EinfuseError):
-            Model("GridSample", [("x", x), ("g", grid)], **attrs).graph()
+    with pytest.raises(UnsupportedOpError, match="padding_mode 'wrap'"):
+        Model("GridSample", [("x", x), ("g", grid)], padding_mode="wrap").graph()
     with pytest.raises(UnsupportedOpError, match="Col2Im"):
         # image_shape computed at run time: a clean refusal naming the node.
         Model("Col2Im", [("x", np.zeros((1, 5, 5), np.float32)), ("s", i64(5, 5)), ("@b", i64(1, 5))], opset=18).graph()

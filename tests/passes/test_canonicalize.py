@@ -42,7 +42,7 @@ def test_gemm_transposes_constants_once_and_other_operands_with_a_node():
         """
         graph @main(%a: f32[2,B]) -> (%y: f32[B,3]) {
           @w = const [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] : f32[3,2]
-          %y = gemm(%a, @w) {transA=1, transB=1} : f32[B,3]
+          %y = gemm(%a, @w) {transA=true, transB=true} : f32[B,3]
           return %y
         }
         """,
@@ -66,7 +66,7 @@ def test_gemm_folds_power_of_two_alpha_and_beta_into_constants():
         graph @main(%a: f32[B,2]) -> (%y: f32[B,3]) {
           @w = const [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] : f32[3,2]
           @c = const [0.5, 0.25, -1.0] : f32[3]
-          %y = gemm(%a, @w, @c) {transB=1, alpha=0.5, beta=2.0} : f32[B,3]
+          %y = gemm(%a, @w, @c) {transB=true, alpha=0.5, beta=2.0} : f32[B,3]
           return %y
         }
         """,
@@ -139,7 +139,7 @@ def test_gemm_f16_and_integer_gemms():
 
 @pytest.mark.parametrize(
     "attrs",
-    ["", "{transA=1}", "{transB=1, alpha=0.5, beta=0.25}", "{transA=1, transB=1, alpha=0.7, beta=1.3}"],
+    ["", "{transA=true}", "{transB=true, alpha=0.5, beta=0.25}", "{transA=true, transB=true, alpha=0.7, beta=1.3}"],
 )
 def test_gemm_rewrite_keeps_f32_results_bit_exact(attrs, rng):
     a_type = "f32[5,4]" if "transA" in attrs else "f32[4,5]"

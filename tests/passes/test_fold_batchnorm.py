@@ -150,7 +150,7 @@ def test_batchnorm_folds_into_gemm_with_transposed_weight():
             f"""
               @w = const [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] : f32[2,3]
               @c = const [1.0, 2.0] : f32[2]
-              %g = gemm(%x, @w, @c) {{beta=2.0, transB=1}} : f32[N,2]
+              %g = gemm(%x, @w, @c) {{beta=2.0, transB=true}} : f32[N,2]
               %y = batch_norm(%g, {BN} : f32[N,2]
               return %y
             """,
@@ -160,7 +160,7 @@ def test_batchnorm_folds_into_gemm_with_transposed_weight():
         graph @main(%x: f32[N,3]) -> (%y: f32[N,2]) {
           @w = const [1.0, 2.0, 3.0, 8.0, 10.0, 12.0] : f32[2,3]
           @c = const [1.5, 3.0] : f32[2]
-          %y = gemm(%x, @w, @c) {transB=1} : f32[N,2]
+          %y = gemm(%x, @w, @c) {transB=true} : f32[N,2]
           return %y
         }
         """,
@@ -565,7 +565,7 @@ def test_affine_folds_into_following_gemm():
           @c = const [1.0, 1.0, 1.0] : f32[3]
           %m = mul(%x, @s) : f32[N,2]
           %a = add(%m, @t) : f32[N,2]
-          %y = gemm(%a, @w, @c) {alpha=0.5, transB=1} : f32[N,3]
+          %y = gemm(%a, @w, @c) {alpha=0.5, transB=true} : f32[N,3]
           return %y
         }
         """,
@@ -573,7 +573,7 @@ def test_affine_folds_into_following_gemm():
         graph @main(%x: f32[N,2]) -> (%y: f32[N,3]) {
           @w = const [2.0, 6.0, 6.0, 12.0, 10.0, 18.0] : f32[3,2]
           @c = const [0.5, 0.5, 0.5] : f32[3]
-          %y = gemm(%x, @w, @c) {alpha=0.5, transB=1} : f32[N,3]
+          %y = gemm(%x, @w, @c) {alpha=0.5, transB=true} : f32[N,3]
           return %y
         }
         """,
@@ -736,7 +736,7 @@ NUMERIC_CASES = {
           @shift = const : DT[6]
           @mean = const : DT[6]
           @var = const : DT[6]
-          %g = gemm(%x, @w, @c) {alpha=0.75, beta=0.5, transA=1, transB=1} : DT[5,6]
+          %g = gemm(%x, @w, @c) {alpha=0.75, beta=0.5, transA=true, transB=true} : DT[5,6]
           %y = batch_norm(%g, @scale, @shift, @mean, @var) : DT[5,6]
           return %y
         }
@@ -811,7 +811,7 @@ NUMERIC_CASES = {
           @c = const : DT[5,1]
           @s = const : DT[6]
           @t = const : DT[1,6]
-          %g = gemm(%x, @w, @c) {alpha=0.5, beta=2.0, transB=1} : DT[5,6]
+          %g = gemm(%x, @w, @c) {alpha=0.5, beta=2.0, transB=true} : DT[5,6]
           %m = mul(%g, @s) : DT[5,6]
           %y = add(%m, @t) : DT[5,6]
           return %y
@@ -882,7 +882,7 @@ NUMERIC_CASES = {
           @c = const : DT[6]
           %m = mul(%x, @s) : DT[8,5]
           %a = add(%m, @t) : DT[8,5]
-          %y = gemm(%a, @w, @c) {alpha=1.5, beta=0.5, transA=1} : DT[5,6]
+          %y = gemm(%a, @w, @c) {alpha=1.5, beta=0.5, transA=true} : DT[5,6]
           return %y
         }
         """,

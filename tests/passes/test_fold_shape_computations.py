@@ -165,7 +165,7 @@ def test_reshape_targets_take_their_canonical_form():
         graph @main(%x: f32[4,3,2], %y: f32[B,S,768], %z: f32[2,0], %u: f32[B,S]) -> (%a: f32[4,6], %b: f32[B,S,12,64], %c: f32[0,2], %d: f32[B,S]) {
           %a = reshape(%x) {shape=(4,6)} : f32[4,6]
           %b = reshape(%y) {shape=(0,0,12,64)} : f32[B,S,12,64]
-          %c = reshape(%z) {shape=(0,2), allowzero=1} : f32[0,2]
+          %c = reshape(%z) {shape=(0,2), allowzero=true} : f32[0,2]
           %d = reshape(%u) {shape=(0,0)} : f32[B,S]
           return %a, %b, %c, %d
         }

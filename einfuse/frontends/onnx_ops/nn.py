@@ -92,13 +92,6 @@ def _window_attrs(ctx, node, x, kernel: tuple) -> dict:
     return {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations}
 
 
-def _flag(ctx, node, name: str, default: int = 0) -> int:
-    v = ctx.attr(node, name, default)
-    if v not in (0, 1):
-        raise ctx.error(node, f"attribute {name}={v} must be 0 or 1")
-    return v
-
-
 def _axis(ctx, node, axis: int, rank: int) -> int:
     if not -rank <= axis < rank:
         raise ctx.error(node, f"axis={axis} is out of range for rank {rank}")
@@ -131,8 +124,8 @@ def gemm(ctx, node):
             [ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)],
             alpha=float(ctx.attr(node, "alpha", 1.0)),
             beta=float(ctx.attr(node, "beta", 1.0)),
-            transA=_flag(ctx, node, "transA"),
-            transB=_flag(ctx, node, "transB"),
+            transA=bool(ctx.attr(node, "transA", 0)),
+            transB=bool(ctx.attr(node, "transB", 0)),
         )
     ]
 
@@ -229,7 +222,7 @@ def _pool_attrs(ctx, node, x) -> dict:
     attrs = _window_attrs(ctx, node, x, kernel)
     # ceil_mode (opset 10+) is kept with auto_pad too: onnxruntime honours it for VALID, and
     # for SAME the explicit pads give the same size either way.
-    attrs["ceil_mode"] = _flag(ctx, node, "ceil_mode")
+    attrs["ceil_mode"] = bool(ctx.attr(node, "ceil_mode", 0))
     return attrs
 
 
@@ -238,7 +231,8 @@ def max_pool(ctx, node):
     x = ctx.input(node, 0)
     attrs = _pool_attrs(ctx, node, x)
     with_indices = _requested(node, 1)
-    storage_order = _flag(ctx, node, "storage_order")
+    # Not a flag: 0 is row major, 1 column major (anything else is refused by the inference).
+    storage_order = ctx.attr(node, "storage_order", 0)
     out = ctx.op("max_pool", [x], storage_order=storage_order, with_indices=with_indices, **attrs)
     return list(out) if with_indices else [out]
 
@@ -247,7 +241,7 @@ def max_pool(ctx, node):
 def average_pool(ctx, node):
     x = ctx.input(node, 0)
     attrs = _pool_attrs(ctx, node, x)
-    return [ctx.op("average_pool", [x], count_include_pad=_flag(ctx, node, "count_include_pad"), **attrs)]
+    return [ctx.op("average_pool", [x], count_include_pad=bool(ctx.attr(node, "count_include_pad", 0)), **attrs)]
 
 
 @converter("LpPool")

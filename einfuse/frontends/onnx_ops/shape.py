@@ -185,19 +185,19 @@ def constant(ctx, node):
 # --------------------------------------------------------------------------- reshapes
 
 
-def normalize_reshape(ctx, node, x, target: tuple, allowzero: int) -> tuple[tuple, int]:
+def normalize_reshape(ctx, node, x, target: tuple, allowzero: bool) -> tuple[tuple, bool]:
     """Resolves a Reshape target as far as the input type allows: every dim that is known
     becomes explicit; only 0 (copy) of a symbolic dim and an unresolvable -1 remain."""
     dims = resolve_reshape(x.shape, target, allowzero, lambda msg: ctx.error(node, msg))
     if all(isinstance(d, int) for d in dims):
-        return tuple(dims), int(0 in dims)
+        return tuple(dims), 0 in dims
     # A resolved 0 is kept as written: re-encoding it as an explicit 0 would change its
     # meaning when allowzero=0.
     out = tuple(d if isinstance(d, int) and d != 0 else t for d, t in zip(dims, target))
     return out, allowzero
 
 
-def reshape_value(ctx, node, x, target: tuple, allowzero: int = 0):
+def reshape_value(ctx, node, x, target: tuple, allowzero: bool = False):
     shape, allowzero = normalize_reshape(ctx, node, x, tuple(target), allowzero)
     return _op(ctx, "reshape", [x], shape=shape, allowzero=allowzero)
 
@@ -205,7 +205,7 @@ def reshape_value(ctx, node, x, target: tuple, allowzero: int = 0):
 @converter("Reshape")
 def reshape(ctx, node):
     x = ctx.input(node, 0)
-    allowzero = int(bool(ctx.attr(node, "allowzero", 0))) if ctx.opset >= 14 else 0
+    allowzero = bool(ctx.attr(node, "allowzero", 0)) if ctx.opset >= 14 else False
     try:
         target = _ints(ctx.const_input(node, 1))
     except DynamicOperandError:
@@ -218,7 +218,7 @@ def reshape(ctx, node):
     return [y]
 
 
-def _symbolic_reshape_target(ctx, node, x, dims: tuple, allowzero: int) -> tuple:
+def _symbolic_reshape_target(ctx, node, x, dims: tuple, allowzero: bool) -> tuple:
     """A Reshape target (ints, 0 = copy, -1 = inferred) giving the symbolic `dims`."""
     target: list = []
     for i, d in enumerate(dims):
@@ -545,7 +545,7 @@ def trilu(ctx, node):
     x = ctx.input(node, 0)
     k = ctx.const_input(node, 1)
     k = 0 if k is None else _scalar(ctx, node, k, "k")
-    return [_op(ctx, "trilu", [x], upper=int(bool(ctx.attr(node, "upper", 1))), k=int(k))]
+    return [_op(ctx, "trilu", [x], upper=bool(ctx.attr(node, "upper", 1)), k=int(k))]
 
 
 def _blocks(ctx, node, op: str):
@@ -605,9 +605,9 @@ def topk(ctx, node):
             raise ctx.error(node, "TopK needs k")
     else:
         k = _scalar(ctx, node, ctx.const_input(node, 1), "k")
-    largest = ctx.attr(node, "largest", 1) if ctx.opset >= 11 else 1
-    is_sorted = ctx.attr(node, "sorted", 1) if ctx.opset >= 11 else 1
-    return _outputs(_op(ctx, "topk", [x], k=int(k), axis=axis, largest=int(bool(largest)), sorted=int(bool(is_sorted))))
+    largest = bool(ctx.attr(node, "largest", 1)) if ctx.opset >= 11 else True
+    is_sorted = bool(ctx.attr(node, "sorted", 1)) if ctx.opset >= 11 else True
+    return _outputs(_op(ctx, "topk", [x], k=int(k), axis=axis, largest=largest, sorted=is_sorted))
 
 
 # --------------------------------------------------------------------------- Resize / Upsample
@@ -679,9 +679,9 @@ def resize(ctx, node):
             raise ctx.unsupported(node, f"{what} {v!r} is not supported")
     if mode != "nearest" and not x.dtype.is_float:
         raise ctx.unsupported(node, f"{mode} resize of {x.dtype} is not supported (only nearest for non-floats)")
-    antialias = int(bool(ctx.attr(node, "antialias", 0))) if ctx.opset >= 18 else 0
+    antialias = bool(ctx.attr(node, "antialias", 0)) if ctx.opset >= 18 else False
     if mode == "nearest":
-        antialias = 0  # the spec applies it to linear and cubic only
+        antialias = False  # the spec applies it to linear and cubic only
     axes = ctx.attr(node, "axes") if ctx.opset >= 18 else None
     axes = tuple(range(r)) if axes is None else _axes(ctx, node, axes, r)
     policy = ctx.attr(node, "keep_aspect_ratio_policy", "stretch") if ctx.opset >= 18 else "stretch"
@@ -746,7 +746,7 @@ def resize(ctx, node):
             coordinate_transformation_mode=coord,
             nearest_mode=nearest_mode,
             cubic_coeff_a=float(ctx.attr(node, "cubic_coeff_a", -0.75)),
-            exclude_outside=int(bool(ctx.attr(node, "exclude_outside", 0))),
+            exclude_outside=bool(ctx.attr(node, "exclude_outside", 0)),
             extrapolation_value=float(ctx.attr(node, "extrapolation_value", 0.0)),
             antialias=antialias,
             scales=full_scales,

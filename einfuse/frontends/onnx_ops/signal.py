@@ -29,13 +29,6 @@ def _scalar(ctx, node, i: int, what: str, *, default=None, kind=int):
     return kind(value)
 
 
-def _flag(ctx, node, name: str, default: int) -> bool:
-    v = ctx.attr(node, name, default)
-    if v not in (0, 1):
-        raise ctx.error(node, f"attribute {name}={v} must be 0 or 1")
-    return bool(v)
-
-
 def _output_dtype(ctx, node):
     code = ctx.attr(node, "output_datatype", 1)  # 1 = FLOAT
     dt = ONNX_TO_DTYPE.get(code)
@@ -55,7 +48,7 @@ def dft(ctx, node):
     if not (-rank <= axis <= -2 or 0 <= axis <= rank - 2):
         raise ctx.error(node, f"axis={axis} must be a signal axis of {x.type}, in [-{rank}, -2] or [0, {rank - 2}]")
     axis = axis + rank if axis < 0 else axis
-    inverse, onesided = _flag(ctx, node, "inverse", 0), _flag(ctx, node, "onesided", 0)
+    inverse, onesided = bool(ctx.attr(node, "inverse", 0)), bool(ctx.attr(node, "onesided", 0))
     length = _scalar(ctx, node, 1, "dft_length")
     if length is not None and length < 1:
         raise ctx.error(node, f"dft_length={length} must be positive")
@@ -78,7 +71,7 @@ def stft(ctx, node):
         if source.rank <= axis or not isinstance(source.shape[axis], int):
             raise ctx.unsupported(node, f"frame_length is not given and cannot be read from {source.type}")
         length = source.shape[axis]
-    onesided = _flag(ctx, node, "onesided", 1)
+    onesided = bool(ctx.attr(node, "onesided", 1))
     return [ctx.op("stft", [signal, window], frame_step=step, frame_length=length, onesided=onesided)]
 
 
@@ -87,7 +80,7 @@ def _window(op: str):
         size = _scalar(ctx, node, 0, "size")
         if size < 0:
             raise ctx.error(node, f"size={size} must not be negative")
-        return [ctx.op(op, [], size=size, periodic=_flag(ctx, node, "periodic", 1), dtype=_output_dtype(ctx, node))]
+        return [ctx.op(op, [], size=size, periodic=bool(ctx.attr(node, "periodic", 1)), dtype=_output_dtype(ctx, node))]
 
     return convert
 

@@ -23,13 +23,6 @@ def _ints(arr) -> tuple[int, ...]:
     return tuple(int(v) for v in np.asarray(arr).reshape(-1))
 
 
-def _flag(ctx, node, name: str, default: int = 0) -> bool:
-    v = ctx.attr(node, name, default)
-    if v not in (0, 1):
-        raise ctx.error(node, f"attribute {name}={v} must be 0 or 1")
-    return bool(v)
-
-
 def _choice(ctx, node, name: str, default: str, allowed: tuple, aliases: dict | None = None) -> str:
     v = ctx.attr(node, name, default)
     v = (aliases or {}).get(v, v)
@@ -72,7 +65,7 @@ def grid_sample(ctx, node):
             [ctx.input(node, 0), ctx.input(node, 1)],
             mode=mode,
             padding_mode=_choice(ctx, node, "padding_mode", "zeros", PADDING_MODES),
-            align_corners=_flag(ctx, node, "align_corners"),
+            align_corners=bool(ctx.attr(node, "align_corners", 0)),
         )
     ]
 
@@ -80,7 +73,9 @@ def grid_sample(ctx, node):
 @converter("AffineGrid")
 def affine_grid(ctx, node):
     size = _shape_operand(ctx, node, 1, "size")
-    return [ctx.op("affine_grid", [ctx.input(node, 0)], size=size, align_corners=_flag(ctx, node, "align_corners"))]
+    return [
+        ctx.op("affine_grid", [ctx.input(node, 0)], size=size, align_corners=bool(ctx.attr(node, "align_corners", 0)))
+    ]
 
 
 @converter("Col2Im")
@@ -160,7 +155,7 @@ def roi_align(ctx, node):
 @converter("NonMaxSuppression")
 def non_max_suppression(ctx, node):
     operands = [ctx.input(node, i) for i in range(5)]
-    return [ctx.op("non_max_suppression", operands, center_point_box=int(ctx.attr(node, "center_point_box", 0)))]
+    return [ctx.op("non_max_suppression", operands, center_point_box=bool(ctx.attr(node, "center_point_box", 0)))]
 
 
 @converter("Unique")
@@ -168,13 +163,13 @@ def unique(ctx, node):
     x = ctx.input(node, 0)
     axis = ctx.attr(node, "axis")
     if axis is None:
-        x = ctx.op("reshape", [x], shape=(-1,), allowzero=0)
+        x = ctx.op("reshape", [x], shape=(-1,))
         axis = 0
     rank = x.type.rank
     if not -rank <= axis < rank:
         raise ctx.error(node, f"axis={axis} is out of range for rank {rank}")
     axis = axis + rank if axis < 0 else axis
-    return list(ctx.op("unique", [x], axis=axis, sorted=_flag(ctx, node, "sorted", 1)))
+    return list(ctx.op("unique", [x], axis=axis, sorted=bool(ctx.attr(node, "sorted", 1))))
 
 
 @converter("Det")

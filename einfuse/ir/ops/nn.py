@@ -122,7 +122,7 @@ def conv_out_dim(size, kernel, stride: int, dilation: int, pad_begin: int, pad_e
     return simplify_dim(floordiv(simplify_dim(size + pad_begin + pad_end - effective), stride) + 1)
 
 
-def pool_out_dim(size, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int, ceil_mode: int):
+def pool_out_dim(size, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int, ceil_mode: bool):
     """Pool output size; in ceil mode a last window that would start in the end padding is
     dropped (ONNX and onnxruntime agree on this, following PyTorch)."""
     if not ceil_mode:
@@ -229,8 +229,8 @@ def _infer_gemm(ctx):
     attrs={
         "alpha": Attr("float", 1.0),
         "beta": Attr("float", 1.0),
-        "transA": Attr("int", 0),
-        "transB": Attr("int", 0),
+        "transA": Attr("bool", False),
+        "transB": Attr("bool", False),
     },
     infer=_infer_gemm,
 )
@@ -502,7 +502,7 @@ def _infer_pool(ctx, *, int_dtypes=frozenset(), n_outputs: int = 1):
     if not ctx.attrs["kernel_shape"]:
         raise ctx.error("kernel_shape is required")
     kernel, strides, pads, dilations = _checked_window_params(ctx, nd)
-    ceil_mode = ctx.attrs.get("ceil_mode", 0)
+    ceil_mode = ctx.attrs.get("ceil_mode", False)
     spatial = [
         pool_out_dim(x.shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[nd + i], ceil_mode)
         for i in range(nd)
@@ -541,7 +541,7 @@ def _max_pool_infer(ctx):
     attrs={
         **_WINDOW_ATTRS,
         "kernel_shape": Attr("ints"),
-        "ceil_mode": Attr("int", 0),
+        "ceil_mode": Attr("bool", False),
         "storage_order": Attr("int", 0),
         "with_indices": Attr("bool", False),
     },
@@ -586,8 +586,8 @@ def max_pool(x, *, kernel_shape, strides, pads, dilations, ceil_mode, storage_or
     attrs={
         **_WINDOW_ATTRS,
         "kernel_shape": Attr("ints"),
-        "ceil_mode": Attr("int", 0),
-        "count_include_pad": Attr("int", 0),
+        "ceil_mode": Attr("bool", False),
+        "count_include_pad": Attr("bool", False),
     },
     infer=_infer_pool,
 )
@@ -625,7 +625,7 @@ def _infer_lp_pool(ctx):
     "lp_pool",
     family=REDUCE,
     inputs=1,
-    attrs={**_WINDOW_ATTRS, "kernel_shape": Attr("ints"), "ceil_mode": Attr("int", 0), "p": Attr("int", 2)},
+    attrs={**_WINDOW_ATTRS, "kernel_shape": Attr("ints"), "ceil_mode": Attr("bool", False), "p": Attr("int", 2)},
     infer=_infer_lp_pool,
 )
 def lp_pool(x, *, kernel_shape, strides, pads, dilations, ceil_mode, p):

@@ -86,7 +86,7 @@ def _normalize_index(idx: np.ndarray, dim: int) -> np.ndarray:
 # reshape / flatten / transpose / squeeze / unsqueeze
 
 
-def resolve_reshape(in_shape: tuple, target: tuple, allowzero: int, error) -> list:
+def resolve_reshape(in_shape: tuple, target: tuple, allowzero: bool, error) -> list:
     """Output dims of reshaping `in_shape` to ONNX `target` (0 copies the input dim unless
     allowzero, -1 is inferred). Dims may be symbolic; `error(msg)` builds the exception."""
     dims: list = []
@@ -133,7 +133,7 @@ def _reshape_infer(ctx):
     "reshape",
     family=INJECTIVE,
     inputs=1,
-    attrs={"shape": Attr("ints"), "allowzero": Attr("int", 0)},
+    attrs={"shape": Attr("ints"), "allowzero": Attr("bool", False)},
     infer=_reshape_infer,
 )
 def reshape(x, *, shape, allowzero):
@@ -700,12 +700,12 @@ def _trilu_infer(ctx):
     x = ctx.type(0)
     if x.rank < 2:
         raise ctx.error(f"trilu needs rank >= 2, got {x}")
-    if ctx.attrs["upper"] not in (0, 1):
-        raise ctx.error(f"upper must be 0 or 1, got {ctx.attrs['upper']}")
     return [x]
 
 
-@register("trilu", family=INJECTIVE, inputs=1, attrs={"upper": Attr("int", 1), "k": Attr("int", 0)}, infer=_trilu_infer)
+@register(
+    "trilu", family=INJECTIVE, inputs=1, attrs={"upper": Attr("bool", True), "k": Attr("int", 0)}, infer=_trilu_infer
+)
 def trilu(x, *, upper, k):
     """the upper (or lower) triangle of the last two axes, from diagonal k; zeros elsewhere"""
     return np.triu(x, k) if upper else np.tril(x, k)
@@ -869,7 +869,7 @@ def _topk_infer(ctx):
     "topk",
     family=OPAQUE,
     inputs=1,
-    attrs={"k": Attr("int"), "axis": Attr("int"), "largest": Attr("int", 1), "sorted": Attr("int", 1)},
+    attrs={"k": Attr("int"), "axis": Attr("int"), "largest": Attr("bool", True), "sorted": Attr("bool", True)},
     outputs=2,
     infer=_topk_infer,
 )
@@ -1042,9 +1042,9 @@ def _interp_weights(xo: np.ndarray, in_len: int, scale: float, attrs) -> np.ndar
         "coordinate_transformation_mode": Attr("str", "half_pixel"),
         "nearest_mode": Attr("str", "round_prefer_floor"),
         "cubic_coeff_a": Attr("float", -0.75),
-        "exclude_outside": Attr("int", 0),
+        "exclude_outside": Attr("bool", False),
         "extrapolation_value": Attr("float", 0.0),
-        "antialias": Attr("int", 0),
+        "antialias": Attr("bool", False),
         # Full rank. scales (when given) drive the coordinate transform; sizes (when given)
         # are the output shape, else floor(dim * scale). With sizes only, scale = out / in.
         "scales": Attr("floats", ()),

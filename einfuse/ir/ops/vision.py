@@ -604,12 +604,10 @@ def _nms_infer(ctx):
             t = ctx.type(i)
             if t.dtype != dt or t.rank > 1 or dim_known_ne(prod(t.shape), 1):
                 raise ctx.error(f"{what} must be one {dt} value, got {t}")
-    if ctx.attrs["center_point_box"] not in (0, 1):
-        raise ctx.error(f"center_point_box {ctx.attrs['center_point_box']} must be 0 or 1")
     return [TensorType((ctx.fresh_dim("selected"), 3), DType.i64)]
 
 
-def _box_bounds(boxes: np.ndarray, center_point_box: int) -> tuple:
+def _box_bounds(boxes: np.ndarray, center_point_box: bool) -> tuple:
     """(x_min, y_min, x_max, y_max) of boxes in either ONNX format (corners may come flipped)."""
     if center_point_box:
         xc, yc, bw, bh = boxes.T
@@ -628,7 +626,7 @@ def _first_value(arr, default, dtype):
     "non_max_suppression",
     family=OPAQUE,
     inputs=(2, 5),
-    attrs={"center_point_box": Attr("int", 0)},
+    attrs={"center_point_box": Attr("bool", False)},
     infer=_nms_infer,
 )
 def non_max_suppression(
