@@ -351,3 +351,20 @@ def test_weight_operands_are_prepacked_by_the_runtime():
     out = np.empty((5, 24), np.float32)
     kernel([xs, apply_prepack(weight, kernel.meta["prepack"][1])], [out])
     np.testing.assert_allclose(out, np.maximum(xs @ weight, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_ml_dtypes_arrays_pass_to_tvm_without_a_copy(dtype):
+    """numpy refuses DLPack for ml_dtypes arrays; the kernel calling convention views their
+    bits instead, so bf16/fp8 tensors reach TVM kernels and results land in the caller's array."""
+    import ml_dtypes  # noqa: F401 - registers the dtypes with numpy
+
+    from einfuse.codegen.tvm import _to_tvm
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4).astype(dtype)
+    t = _to_tvm(x)
+    assert t.dtype == dtype and tuple(t.shape) == (3, 4)
+    np.testing.assert_array_equal(t.numpy().astype(np.float32), x.astype(np.float32))
+    # Writing through the TVM view changes the numpy array: same memory.
+    t.copyfrom(np.full((3, 4), 2.0, np.float32).astype(dtype))
+    np.testing.assert_array_equal(x.astype(np.float32), np.full((3, 4), 2.0, np.float32))

@@ -163,6 +163,10 @@ def _script(func) -> str:
 # -- calling convention ---------------------------------------------------------------------
 
 
+# ml_dtypes name -> TVM dtype, for the arrays numpy cannot export over DLPack.
+_ML_DTYPES = {"bfloat16": "bfloat16", "float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2"}
+
+
 def _to_tvm(x):
     """A TVM tensor sharing x's memory (DLPack, no copy); copies only a non-contiguous array."""
     import tvm_ffi
@@ -179,6 +183,14 @@ def _to_tvm(x):
         return tvm.runtime.empty(x.shape, tvm_dtype(x.dtype))
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
+    name = _ML_DTYPES.get(x.dtype.name)
+    if name is not None:
+        # ml_dtypes (bfloat16, float8_*) are not DLPack types for numpy: export the bits as
+        # an unsigned integer of the same width and view them under the TVM dtype (no copy).
+        bits = tvm_ffi.from_dlpack(
+            x.view(f"u{x.dtype.itemsize}").__dlpack__(max_version=(1, 0)), require_alignment=0, require_contiguous=True
+        )
+        return bits._create_view(bits.shape, name)
     # The versioned (DLPack 1.0) capsule also carries read-only arrays (weights).
     return tvm_ffi.from_dlpack(x.__dlpack__(max_version=(1, 0)), require_alignment=0, require_contiguous=True)
 
