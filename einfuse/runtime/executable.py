@@ -254,8 +254,9 @@ def load_library_kernel(path: Path, info: dict) -> Kernel:
             info["name"], made, info["backend"], info["kind"], tuple(info["ops"]), info["flops"],
             info["bytes_moved"], artifact=str(path), meta=dict(info["meta"]),
         )  # fmt: skip
-    import tvm
+    from einfuse.codegen.tvm import import_tvm
 
+    tvm = import_tvm()
     mod = tvm.runtime.load_module(str(path))
     func = None
     for name in (info["meta"].get("entry"), info["meta"].get("symbol"), info["name"], "main"):
@@ -275,9 +276,9 @@ def tvm_caller(func) -> Callable[[list, list], None]:
 
     Arrays are passed without a copy (DLPack) when aligned, contiguous and writeable,
     which every runtime buffer is; other arrays go through an aligned copy."""
-    import tvm
+    from einfuse.codegen.tvm import import_tvm
 
-    from_dlpack = tvm.runtime.from_dlpack
+    from_dlpack = import_tvm().runtime.from_dlpack
 
     def fn(inputs, outputs):
         args = [from_dlpack(as_aligned(np.asarray(a))) for a in inputs]

@@ -368,3 +368,16 @@ def test_ml_dtypes_arrays_pass_to_tvm_without_a_copy(dtype):
     # Writing through the TVM view changes the numpy array: same memory.
     t.copyfrom(np.full((3, 4), 2.0, np.float32).astype(dtype))
     np.testing.assert_array_equal(x.astype(np.float32), np.full((3, 4), 2.0, np.float32))
+
+
+def test_tvm_backend_import_leaves_torch_out_but_importable():
+    """tvm_ffi imports torch eagerly (seconds per process); the backend keeps it out, and a
+    later `import torch` in the same process still works."""
+    import sys
+
+    code = (
+        "import sys, einfuse.codegen.tvm; assert 'torch' not in sys.modules, 'torch was imported'; "
+        "import torch; assert float(torch.ones(2).sum()) == 2.0; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -32,8 +32,31 @@ import numpy as np
 
 from einfuse.codegen.backend import Kernel, LoweringError, kernel_name, register_backend
 
+
+def import_tvm():
+    """Imports tvm without letting tvm_ffi import torch: tvm_ffi imports torch only to
+    recognise torch tensors, which einfuse never passes, and that costs about 3 s per
+    process (most of a cached compile, or of loading a .einf). torch stays importable
+    afterwards; a process that imported torch before keeps it."""
+    import sys
+
+    if "tvm" in sys.modules:
+        return sys.modules["tvm"]
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        import tvm
+    finally:
+        if block and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm
+
+
+import_tvm()
+
 # Registers the emitters and the generic schedules.
-from einfuse.codegen.tvm import ops_elementwise, ops_injective, ops_reduce, schedule_generic  # noqa: F401
+from einfuse.codegen.tvm import ops_elementwise, ops_injective, ops_reduce, schedule_generic  # noqa: E402, F401
 from einfuse.codegen.tvm.emit import EMITTERS, SCHEDULERS, GroupInfo
 from einfuse.codegen.tvm.target import configure_threads, get_target, num_threads, target_dict, target_key
 from einfuse.errors import ExecutionError
