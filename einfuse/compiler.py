@@ -195,7 +195,8 @@ def compile(  # noqa: A001 - the public name the issue asks for (einfuse.compile
     strict: bool = False,
     max_const_bytes: int | None = None,
 ) -> CompiledModel:
-    """Compiles an ONNX model (path, bytes or ModelProto) or a Graph for `target`.
+    """Compiles an ONNX model (path, bytes or ModelProto), a torch.export.ExportedProgram
+    or a Graph for `target`.
 
     dims: sizes of symbolic input dims by name (unset ones are 1, with a note).
     cache_dir: the kernel cache ($EINFUSE_CACHE_DIR or ~/.cache/einfuse by default);
@@ -236,11 +237,16 @@ def compile(  # noqa: A001 - the public name the issue asks for (einfuse.compile
 
 
 def import_model(model, dims: dict | None, report: CompileReport, *, max_const_bytes: int | None = None):
-    """(Graph, {symbol: size}) for an ONNX model or a Graph, symbolic input dims bound."""
+    """(Graph, {symbol: size}) for an ONNX model, an ExportedProgram or a Graph, symbolic input dims bound."""
     dims = dict(dims or {})
     for name, size in dims.items():
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
             raise InputError(f"dims[{name!r}] must be a size >= 0, got {size!r}")
+    if type(model).__name__ == "ExportedProgram":  # torch.export; torch is imported only then
+        from einfuse.frontends.onnx_io import DEFAULT_MAX_BYTES
+        from einfuse.frontends.torch_export import import_torch
+
+        model = import_torch(model, max_const_bytes=max_const_bytes or DEFAULT_MAX_BYTES)
     if isinstance(model, Graph):
         symbols = {s.name: s.name for v in model.inputs for d in v.shape if not isinstance(d, int)
                    for s in d.free_symbols}  # fmt: skip
