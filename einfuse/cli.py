@@ -240,14 +240,63 @@ def cmd_explain(args) -> int:
             texts.append(text)
         sys.stdout.flush()  # a pass at a time, as they finish
 
-    graph = optimize(graph, verify=args.verify, dump=args.dump, instrument=observe)
+    # The attention passes log why an attention op was left alone; explain shows it.
+    import logging
+
+    class _Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.messages: list[str] = []
+
+        def emit(self, record) -> None:
+            self.messages.append(record.getMessage())
+
+    collect = _Collect()
+    attention_logs = [logging.getLogger(f"einfuse.passes.{m}") for m in ("recognize_attention", "lower_attention")]
+    saved = [(lg, lg.level) for lg in attention_logs]
+    for lg in attention_logs:
+        lg.addHandler(collect)
+        lg.setLevel(logging.INFO)
+    try:
+        graph = optimize(graph, verify=args.verify, dump=args.dump, instrument=observe)
+    finally:
+        for lg, level in saved:
+            lg.removeHandler(collect)
+            lg.setLevel(level)
     groups = fused_groups(graph)
     by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0])))
     print(f"fused groups: {sum(groups.values())}" + (f" ({by_kind})" if by_kind else ""))
     loose = [n.op for n in graph.nodes if n.op != "fused"]
     if loose:
         print(f"outside fused groups: {len(loose)} node(s) ({', '.join(sorted(set(loose)))})")
+    _explain_attention(graph, collect.messages)
     return EXIT_OK
+
+
+def _explain_attention(graph, messages: list[str]) -> None:
+    """Every attention cascade with its pass count over the key rank, before and after
+    lowering (FuseMax), and the attention ops left unlowered."""
+    from einfuse.ir.einsum import describe
+
+    cascades, unlowered = [], []
+
+    def visit(g) -> None:
+        for n in g.nodes:
+            if n.op == "fused":
+                visit(n.attrs["region"])
+            elif n.op == "einsum_cascade":
+                cascades.append(describe(n))
+            elif n.op == "attention":
+                unlowered.append(n)
+
+    visit(graph)
+    if not cascades and not unlowered:
+        return
+    print(f"attention: {len(cascades)} cascade(s) lowered" + (f", {len(unlowered)} left as attention" if unlowered else ""))
+    for line in cascades:
+        print(f"  {line}")
+    for message in messages:
+        print(f"  {message}")
 
 
 # --------------------------------------------------------------------------------- run

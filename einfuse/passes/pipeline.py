@@ -16,11 +16,18 @@ Order, and why:
 2. fold-shape-computations: the shape arithmetic that remains (symbolic dims);
 3. canonicalize: one spelling per computation (gemm -> matmul, x - c -> x + (-c),
    no-op reshapes/transposes gone), so fewer patterns need matching;
-4. fold-batchnorm: batch norms into the weights of the conv/matmul next to them, or
+4. recognize-attention: MatMul-(scale)-(mask)-Softmax-MatMul subgraphs, however they
+   were exported, become `attention` ops (which ONNX Attention and torch's SDPA already
+   are); after canonicalize, so that transposes and scales have one spelling, and
+   before fold-batchnorm, which could move a scale out of the pattern;
+5. fold-batchnorm: batch norms into the weights of the conv/matmul next to them, or
    into mul/add that fusion sees as elementwise;
-5. fuse-sibling-matmuls: matmuls sharing an operand (Q, K, V) become one wider matmul;
-6. eliminate-common-subexpressions, 7. eliminate-dead-code: clean up after the rewrites;
-8. fuse: partition into fused groups, one kernel each.
+6. fuse-sibling-matmuls: matmuls sharing an operand (Q, K, V) become one wider matmul;
+7. lower-attention: each attention op becomes an extended-Einsum cascade (FuseMax),
+   rewritten from the 3-pass textbook form to the 1-pass online softmax, with its key
+   tile and, for decode, a split over the keys (`einfuse explain` shows the counts);
+8. eliminate-common-subexpressions, 9. eliminate-dead-code: clean up after the rewrites;
+10. fuse: partition into fused groups, one kernel each.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "fold-constants",
     "fold-shape-computations",
     "canonicalize",
+    "recognize-attention",
     "fold-batchnorm",
     "fuse-sibling-matmuls",
+    "lower-attention",
     "eliminate-common-subexpressions",
     "eliminate-dead-code",
     "fuse",

@@ -149,6 +149,7 @@ _DIRECT = {
 # Attributes a core op has that its ONNX op does not (dropped when at their default).
 _DROP = {
     "cast": {"round_mode": "up"},
+    "einsum": {"combine": "mul", "reduce": "sum"},  # ONNX Einsum is always mul/sum (checked below)
     "max_pool": {"with_indices": None},
     "layer_norm": {"with_stats": None},
     "space_to_depth": {"mode": "DCR"},
@@ -302,6 +303,8 @@ def _export_node(ex: _Exporter, node: Node) -> None:
     ins = ex.names(node)
     outs = [v.name for v in node.outputs]
     a = node.attrs
+    if op == "einsum" and (a["combine"], a["reduce"]) != ("mul", "sum"):
+        raise ex.unsupported(node, f"combine={a['combine']!r}, reduce={a['reduce']!r} (ONNX Einsum is mul/sum)")
     if op in _DIRECT:
         ex.emit(onnx_op_name(op), ins, outs, **_direct_attrs(node))
     elif op in _REDUCE:

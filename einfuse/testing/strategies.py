@@ -987,6 +987,41 @@ def _einsum(gen: GraphGen, op: str):
     return [x], {"equation": f"{xl}->{out}"}, Facts(min(f.lo * n, f.lo), max(f.hi * n, f.hi), False)
 
 
+@recipe("einsum_cascade")
+def _einsum_cascade(gen: GraphGen, op: str):
+    # Attention written as its extended-Einsum cascade, in one of its forms; K and V are
+    # new leaves (their heads divide q's), the output is a convex combination of V's rows
+    # (or 0 for a query that sees no key).
+    from einfuse.ir.einsum import attention_cascade
+
+    shape = (gen.integers(1, 2), gen.choice([1, 2, 4]), gen.integers(1, 5), gen.integers(1, 4))
+    q = gen.operand(
+        lambda v, f: f.bounded and v.rank == 4 and v.dtype in (DType.f32, DType.f16, DType.bf16),
+        shape=shape,
+        lo=-1.0,
+        hi=1.0,
+    )
+    b, hq, s, d = q.shape
+    hkv = hq // 2 if _static(hq) and hq % 2 == 0 and gen.boolean() else hq
+    m, dv = gen.integers(1, 6), gen.integers(1, 4)
+    k = gen.leaf((b, hkv, m, d), q.dtype, -1.0, 1.0)
+    v = gen.leaf((b, hkv, m, dv), q.dtype, -1.0, 1.0)
+    ops = [q, k, v]
+    has_bias = gen.boolean()
+    if has_bias:
+        ops.append(gen.leaf(gen.choice([(1, 1, s, m), (b, hq, s, m)]), q.dtype, -1.0, 1.0))
+    form = gen.choice(["3-pass", "2-pass", "1-pass", "split"])
+    causal = gen.choice(["none", "top_left", "bottom_right"])
+    tile = gen.integers(1, 4) if form in ("1-pass", "split") else 0
+    splits = gen.integers(2, 3) if form == "split" else 1
+    c = attention_cascade(
+        form, causal=causal, has_bias=has_bias, grouped=hkv != hq, kv_tile=tile or 1, kv_splits=splits
+    )
+    scale = 1.0 / math.sqrt(max(gen.sym_max(d), 1))
+    attrs = {"cascade": c.lines(), "scale": scale, "causal": causal, "kv_tile": tile, "kv_splits": splits}
+    return ops, attrs, Facts(-1.0, 1.0, False)
+
+
 def _spatial_input(gen: GraphGen, nsp: int) -> Value:
     """An (N, C, spatial...) operand with static C and static spatial dims >= 1."""
 

@@ -5,6 +5,8 @@ GPT-2-like: same outputs, every node in a fused group), and `einfuse explain`.""
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,8 +84,10 @@ def test_default_pipeline_is_one_flat_list_of_registered_passes_ending_in_fuse()
         "fold-constants",
         "fold-shape-computations",
         "canonicalize",
+        "recognize-attention",
         "fold-batchnorm",
         "fuse-sibling-matmuls",
+        "lower-attention",
         "eliminate-common-subexpressions",
         "eliminate-dead-code",
         "fuse",
@@ -138,7 +142,7 @@ def test_extra_passes_run_just_before_fuse(tmp_path):
     assert [n.op for n in out.nodes] == ["fused"]
     assert [n.op for n in out.nodes[0].attrs["region"].nodes] == ["mul", "relu"]
     dumps = sorted(p.name for p in tmp_path.iterdir())
-    assert dumps[0] == "00-input.ir" and dumps[-1] == "09-fuse.ir" and len(dumps) == 10
+    assert dumps[0] == "00-input.ir" and dumps[-1] == "11-fuse.ir" and len(dumps) == 12
 
 
 # -- property: the pipeline keeps reference outputs -----------------------------------------
@@ -201,10 +205,14 @@ def test_transformer_keeps_its_outputs_and_ends_fused(which, request):
     out = optimize(graph, verify=True)
     _assert_all_fused(out, which)
     groups = fused_groups(out)
-    # Per layer: the QKV projection, QK^T (with scale and mask), P.V, the output
-    # projection (with the residual add) and the two MLP matmuls (the first with GELU).
-    assert groups["out_fusable"] == 6 * 6 + 1, groups
-    assert groups["normalize"] == 6 * 3 + 1, groups  # softmax and two layer norms per layer, one more
+    # Per layer: the QKV projection, the output projection (with the residual add) and the
+    # two MLP matmuls (the first with GELU); QK^T, mask, softmax and P.V are one attention
+    # cascade, lowered to the 1-pass form, in a group of its own.
+    assert groups["out_fusable"] == 6 * 4 + 1, groups
+    assert groups["opaque"] == 6, groups
+    assert groups["normalize"] == 6 * 2 + 1, groups  # two layer norms per layer, one more
+    cascades = [m for n in out.nodes for m in n.attrs["region"].nodes if m.op == "einsum_cascade"]
+    assert len(cascades) == 6 and all(c.attrs["kv_tile"] > 0 for c in cascades)
     _assert_close(reference.run(out, inputs), want, which)
 
 
@@ -225,7 +233,7 @@ def test_explain_prints_each_pass_and_the_groups(capsys):
     assert lines[0] == f"{path}: 71 nodes, 52 constants"
     steps = [line.split()[1] for line in lines if line[:3].strip().rstrip(".").isdigit()]
     assert steps == list(DEFAULT_PIPELINE)
-    fuse_line = next(line for line in lines if line.startswith(" 8. fuse"))
+    fuse_line = next(line for line in lines if line.startswith(f"{len(DEFAULT_PIPELINE):2d}. fuse"))
     assert "->    39 nodes" in fuse_line and " ms  changed" in fuse_line
     rules = lines[lines.index(fuse_line) + 1]
     assert rules.startswith("      rules: epilogue 28, one_anchor_per_group 22")
@@ -268,8 +276,12 @@ def test_explain_on_a_transformer(capsys, tmp_path, gpt2_like_model):
     rc, out, err = _explain(capsys, str(path))
     assert rc == 0, err
     assert "fuse-sibling-matmuls" in out
-    assert out.splitlines()[-1].startswith("fused groups: ")
     assert "outside fused groups" not in out
+    lines = out.splitlines()
+    assert lines.index("attention: 6 cascade(s) lowered") == len(lines) - 7
+    assert lines[-8].startswith("fused groups: ")
+    for line in lines[-6:]:
+        assert re.fullmatch(r"  attention cascade %\S+: 3-pass -> 1-pass \(kv_tile=\d+, kv_splits=1\)", line), line
 
 
 def test_explain_reports_a_bad_model_cleanly(capsys, tmp_path):

@@ -293,6 +293,10 @@ def _infer_einsum(ctx):
         terms, rhs = parse_einsum(ctx.attrs["equation"], len(types))
     except ValueError as e:
         raise ctx.error(str(e)) from None
+    if ctx.attrs["combine"] not in EINSUM_COMBINE:
+        raise ctx.error(f"combine={ctx.attrs['combine']!r} should be one of {', '.join(EINSUM_COMBINE)}")
+    if ctx.attrs["reduce"] not in EINSUM_REDUCE:
+        raise ctx.error(f"reduce={ctx.attrs['reduce']!r} should be one of {', '.join(EINSUM_REDUCE)}")
     dt = types[0].dtype
     if not (dt.is_float or dt in _EINSUM_INT_DTYPES):
         raise ctx.error(f"unsupported dtype {dt}")
@@ -323,11 +327,65 @@ def _infer_einsum(ctx):
     return [TensorType(shape, dt)]
 
 
-@register("einsum", family=OUT_FUSABLE, inputs=(1, None), attrs={"equation": Attr("str")}, infer=_infer_einsum)
-def einsum(*operands, equation):
-    """numpy einsum (sum of products) over the equation."""
-    out = np.einsum(equation, *(_acc(x) for x in operands), optimize=len(operands) > 1)
-    return _out(out, operands[0].dtype)
+# Extended Einsum operators (FuseMax): the binary `combine` applied across the operands at
+# each point of the iteration space, and the `reduce` over the letters not in the output.
+EINSUM_COMBINE = ("mul", "add", "sub", "max", "min")
+EINSUM_REDUCE = ("sum", "max", "min")
+_COMBINE_FNS = {"mul": np.multiply, "add": np.add, "sub": np.subtract, "max": np.maximum, "min": np.minimum}
+_REDUCE_FNS = {"sum": np.sum, "max": np.max, "min": np.min}
+
+
+@register(
+    "einsum",
+    family=OUT_FUSABLE,
+    inputs=(1, None),
+    attrs={"equation": Attr("str"), "combine": Attr("str", "mul"), "reduce": Attr("str", "sum")},
+    infer=_infer_einsum,
+)
+def einsum(*operands, equation, combine, reduce):
+    """Extended Einsum over the equation: operands combined elementwise with `combine`
+    (left to right), then reduced with `reduce` over the letters not in the output; the
+    default mul/sum is numpy's einsum."""
+    if combine == "mul" and reduce == "sum":
+        out = np.einsum(equation, *(_acc(x) for x in operands), optimize=len(operands) > 1)
+        return _out(out, operands[0].dtype)
+    return _out(_extended_einsum(equation, [_acc(x) for x in operands], combine, reduce), operands[0].dtype)
+
+
+def _extended_einsum(equation: str, operands: list, combine: str, reduce: str) -> np.ndarray:
+    """The generic path: each operand laid out over all letters (diagonals taken, missing
+    letters as size-1 axes), combined with broadcasting, then reduced."""
+    terms, rhs = parse_einsum(equation, len(operands))
+    # '...' becomes explicit letters, right-aligned across the operands as numpy broadcasts.
+    used = set("".join(terms) + rhs)
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in used]
+    n_ell = max((x.ndim - len(t.replace("...", "")) for t, x in zip(terms, operands) if "..." in t), default=0)
+    ell = "".join(spare[:n_ell])
+    terms = [t.replace("...", ell[n_ell - (x.ndim - len(t.replace("...", ""))) :]) for t, x in zip(terms, operands)]
+    rhs = rhs.replace("...", ell)
+    letters = list(dict.fromkeys(rhs + "".join(terms)))
+    acc = None
+    for term, x in zip(terms, operands):
+        present = "".join(c for c in letters if c in term)
+        view = np.einsum(f"{term}->{present}", x)  # diagonal of repeated letters, letters in order
+        shape = [view.shape[present.index(c)] if c in present else 1 for c in letters]
+        full = view.reshape(shape)
+        acc = full if acc is None else _COMBINE_FNS[combine](acc, full)
+    sizes = {}
+    for term, x in zip(terms, operands):
+        for c, d in zip(term, x.shape):
+            if d != 1 or c not in sizes:
+                sizes[c] = d
+    acc = np.broadcast_to(acc, [sizes[c] for c in letters])
+    axes = tuple(k for k, c in enumerate(letters) if c not in rhs)
+    if axes:
+        if acc.size == 0 and reduce != "sum":
+            from einfuse.errors import ExecutionError
+
+            raise ExecutionError(f"einsum: a {reduce} reduction over an empty dimension in {equation!r}")
+        acc = _REDUCE_FNS[reduce](acc, axis=axes)
+    kept = [c for c in letters if c in rhs]
+    return np.transpose(acc, [kept.index(c) for c in rhs])
 
 
 # ---------------------------------------------------------------------------
