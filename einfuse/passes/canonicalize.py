@@ -3,16 +3,16 @@
 Rules (each counted under its name in the PassRecord):
 
 - `gemm_to_matmul`: gemm(A, B, C) becomes matmul(op(A), op(B)) [* alpha] [+ beta * C].
-  transA/transB: a constant operand is transposed once into a new constant, any other
-  gets a transpose node. alpha folds into a constant B when it is a power of two and the
-  scaled weights neither overflow nor underflow (exact: every product scales by 2^k);
-  otherwise a mul by the scalar follows the matmul, which rounds exactly as gemm's
-  reference does. beta folds into a constant C (the product is rounded once, as in the
-  reference), else a mul on C. beta = 0 drops C. Integer gemms convert only with
-  integral alpha and beta (the reference computes fractional ones in f64). On f16/bf16
-  the reference gemm rounds once, at the end, while matmul, mul and add each round their
-  result: about one unit in the last place apart (an epilogue that adds the bias in the
-  accumulator, as a fused kernel does, rounds once again).
+  transA/transB: a constant operand becomes a new constant viewing it transposed (no
+  copy), any other gets a transpose node. alpha folds into a constant B when it is a
+  power of two and the scaled weights neither overflow nor underflow (exact: every
+  product scales by 2^k); otherwise a mul by the scalar follows the matmul, which rounds
+  exactly as gemm's reference does. beta folds into a constant C (the product is
+  rounded once, as in the reference), else a mul on C. beta = 0 drops C. Integer gemms
+  convert only with integral alpha and beta (the reference computes fractional ones in
+  f64). On f16/bf16 the reference gemm rounds once, at the end, while matmul, mul and
+  add each round their result: about one unit in the last place apart (an epilogue that
+  adds the bias in the accumulator, as a fused kernel does, rounds once again).
 - `sub_const_to_add`: x - c becomes x + (-c), exact for every dtype (IEEE subtraction is
   the addition of the negation; integers wrap the same way).
 - `div_by_power_of_two_to_mul`: x / c becomes x * (1/c) for float x when every element of
@@ -219,10 +219,12 @@ def scales_exactly(arr: np.ndarray, factor: float, dtype) -> bool:
 
 
 def _transposed(v: Value, graph: Graph, builder) -> Value:
-    """v^T: a new constant for a constant (transposed once, here), else a transpose node."""
+    """v^T: a new constant for a constant, else a transpose node."""
     arr = graph.const_value(v)
     if arr is not None:
-        return builder.const(f"{v.name}.T", np.ascontiguousarray(arr.T))
+        # A view of the graph's own read-only weight, which add_constant keeps uncopied:
+        # copying a 400 MB fully-connected weight into C order took seconds.
+        return builder.const(f"{v.name}.T", arr.T)
     return builder.op("transpose", [v], perm=(1, 0))
 
 
@@ -241,7 +243,7 @@ def gemm_to_matmul(a, b, c, out, graph, builder):
         w = w.T
     if w is not None and alpha != 1.0 and scales_exactly(w, alpha, dtype):
         # Scaling by 2^k commutes exactly with the matmul: it moves into the weights.
-        b = builder.const(f"{b.name}.scaled", np.ascontiguousarray(scaled(w, alpha, dtype)))
+        b = builder.const(f"{b.name}.scaled", scaled(w, alpha, dtype))
         alpha = 1.0
     elif attrs["transB"]:
         b = _transposed(b, graph, builder)

@@ -5,7 +5,9 @@ Two nodes are the same computation when they have the same op, the same operands
 (the same Values, in order; for the commutative binary ops in COMMUTATIVE either
 order) and equal attributes (compared with their types, so 1 and 1.0 and True differ).
 The later node is removed and its uses read the earlier one. Constants with identical
-dtype, shape and bytes are merged the same way.
+dtype, shape and bytes are merged the same way; only constants sharing dtype and shape
+are looked at (a digest of sampled bytes, then a full comparison), so a weight with no
+look-alike is never read.
 
 Preconditions: a verified graph; every op is deterministic (einfuse has no random
 ops; one would have to be excluded here). Ordering: after fold-constants, whose
@@ -71,21 +73,25 @@ class _Merger:
 
     def merge_constants(self) -> None:
         graph = self.graph
-        buckets: dict[tuple, list[tuple[Value, np.ndarray]]] = {}
-        for v, arr in list(graph.constants.values()):
-            raw = _bytes_of(arr)
-            key = (v.dtype, arr.shape, hashlib.blake2b(raw.data, digest_size=16).digest())
-            bucket = buckets.setdefault(key, [])
-            same = None
-            for other, other_raw in bucket:
-                if np.array_equal(raw, other_raw):  # a hash collision is not equality
-                    same = other
-                    break
-            if same is None:
-                bucket.append((v, raw))
-            elif self.can_merge((v,), (same,)):
-                self.record((v,), (same,))
-                drop_constant(graph, v)
+        # Only constants of the same dtype and shape can be equal, and most weights are
+        # alone in their (dtype, shape) group: their data is never read.
+        groups: dict[tuple, list[tuple[Value, np.ndarray]]] = {}
+        for v, arr in graph.constants.values():
+            groups.setdefault((v.dtype, arr.shape), []).append((v, arr))
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            # Then a digest of a sample of the bytes, then full equality on a digest match.
+            buckets: dict[bytes, list[tuple[Value, np.ndarray]]] = {}
+            for v, arr in members:
+                raw = _bytes_of(arr)
+                bucket = buckets.setdefault(_sample_digest(raw), [])
+                same = next((other for other, other_raw in bucket if _equal_bytes(raw, other_raw)), None)
+                if same is None:
+                    bucket.append((v, raw))
+                elif self.can_merge((v,), (same,)):
+                    self.record((v,), (same,))
+                    drop_constant(graph, v)
 
     def merge_nodes(self) -> None:
         graph = self.graph
@@ -128,6 +134,31 @@ def _typed(v):
     if isinstance(v, Graph):
         return ("graph", id(v))
     return (type(v).__name__, v)
+
+
+# Arrays up to this many bytes are digested whole; larger ones through a strided sample
+# plus both ends (weights that differ at all differ nearly everywhere; a digest match is
+# confirmed byte for byte anyway).
+_SAMPLE_BYTES = 1 << 16
+
+
+def _sample_digest(raw: np.ndarray) -> bytes:
+    """A cheap digest of a flat uint8 array: equal arrays get equal digests."""
+    h = hashlib.blake2b(digest_size=16)
+    if raw.size <= 3 * _SAMPLE_BYTES:
+        h.update(raw.data)
+    else:
+        h.update(raw[:_SAMPLE_BYTES].data)
+        h.update(np.ascontiguousarray(raw[:: raw.size // _SAMPLE_BYTES]).data)
+        h.update(raw[-_SAMPLE_BYTES:].data)
+    return h.digest()
+
+
+def _equal_bytes(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 24) -> bool:
+    """a == b for flat uint8 arrays, in chunks (no array-sized temporary)."""
+    if a.size != b.size:
+        return False
+    return all(np.array_equal(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.size, chunk))
 
 
 def _bytes_of(arr: np.ndarray) -> np.ndarray:

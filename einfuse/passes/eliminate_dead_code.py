@@ -9,7 +9,6 @@ what they themselves made dead).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -47,44 +46,10 @@ def remove_dead(graph: Graph, values: Iterable[Value | None]) -> None:
     all unused (and not graph outputs) is erased, then its operands are looked at in
     turn; an unused constant among them is dropped. Nothing else is touched, so passes
     that call this leave pre-existing dead code to eliminate-dead-code."""
-    # One look at the graph, then local use counts: no index rebuild per erased node.
-    producers: dict[int, Node] = {}
-    uses: Counter = Counter()
-    for n in graph.nodes:
-        for o in n.outputs:
-            producers[id(o)] = n
-        for x in n.inputs:
-            if x is not None:
-                uses[id(x)] += 1
-    for v in graph.outputs:
-        uses[id(v)] += 1
-    dead: list[Node] = []
-    work = [v for v in values if v is not None]
-    while work:
-        v = work.pop()
-        if uses[id(v)]:
-            continue
-        if v.is_const:
-            if graph.const_value(v) is not None:
-                drop_constant(graph, v)
-            continue
-        node = producers.get(id(v))
-        if node is None or any(uses[id(o)] for o in node.outputs):
-            continue  # a graph input, already dead, or another output is still read
-        dead.append(node)
-        for o in node.outputs:
-            del producers[id(o)]
-        for x in node.inputs:
-            if x is not None:
-                uses[id(x)] -= 1
-                work.append(x)
-    if dead:
-        dead_ids = {id(n) for n in dead}
-        set_nodes(graph, [n for n in graph.nodes if id(n) not in dead_ids])
+    graph.remove_dead(values)  # the Graph's use-def index: no scan of the node list
 
 
-# NOTE: the Graph API erases one node at a time (a scan each) and drops constants only
-# all together; passes that remove many things at once use these two instead.
+# Passes that remove or rebuild many nodes at once use these two (one pass over the list).
 
 
 def set_nodes(graph: Graph, nodes: list[Node]) -> None:

@@ -30,7 +30,6 @@ from einfuse.codegen import reference
 from einfuse.ir.graph import Graph, Node, Value
 from einfuse.ir.ops import SHAPE, get_op
 from einfuse.ir.types import static_numel
-from einfuse.passes.eliminate_dead_code import remove_dead
 from einfuse.passes.manager import Pass, register_pass
 
 
@@ -100,4 +99,4 @@ def _fold(graph: Graph, node: Node) -> None:
     for o, arr in zip(node.outputs, arrays):
         c = graph.add_constant(o.name, arr)
         graph.replace_all_uses(o, c)
-    remove_dead(graph, node.inputs)
+    graph.remove_dead(node.inputs)

@@ -76,7 +76,7 @@ from einfuse.ir.graph import Graph, Node, Value
 from einfuse.ir.ops import get_op
 from einfuse.ir.printer import context_lines
 from einfuse.ir.types import TensorType, dims_equal
-from einfuse.passes.eliminate_dead_code import drop_constant, remove_dead
+from einfuse.passes.eliminate_dead_code import drop_constant
 from einfuse.passes.manager import note_rules_fired
 
 __all__ = [
@@ -545,7 +545,9 @@ def rewrite(graph: Graph, rules: RuleSet | Rule, max_iterations: int = 100) -> R
     Each iteration sweeps the nodes in order and tries the rules whose root op matches;
     a firing replaces every use of the root's outputs and removes what became dead (only
     that: pre-existing dead code is left to eliminate-dead-code). Raises RewriteError
-    when rules still fire after `max_iterations` sweeps."""
+    when rules still fire after `max_iterations` sweeps. A firing costs time in the
+    nodes it touches, not in the graph's size: the Graph updates its use-def index in
+    place (see einfuse.ir.graph)."""
     if isinstance(rules, Rule):
         rules = RuleSet([rules])
     total: Counter = Counter()
@@ -699,14 +701,7 @@ def _defined_before(graph: Graph, v: Value, node: Node) -> bool:
     if any(v is i for i in graph.inputs) or graph.const_value(v) is not None:
         return True
     producer = graph.producer(v)
-    if producer is None:
-        return False
-    for n in graph.nodes:
-        if n is producer:
-            return True
-        if n is node:
-            return False
-    return False
+    return producer is not None and graph.precedes(producer, node)
 
 
 def _replace(graph: Graph, node: Node, news: tuple, builder: _TrackingBuilder) -> None:
@@ -727,4 +722,4 @@ def _replace(graph: Graph, node: Node, news: tuple, builder: _TrackingBuilder) -
         for new, name in renames:
             if new.name != name and graph.fresh_name(name) == name:
                 graph.rename(new, name)
-    remove_dead(graph, [*leftovers, *(o for n in builder.nodes for o in n.outputs), *builder.consts])
+    graph.remove_dead([*leftovers, *(o for n in builder.nodes for o in n.outputs), *builder.consts])

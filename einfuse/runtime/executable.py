@@ -55,7 +55,7 @@ import numpy as np
 
 from einfuse.codegen.backend import Kernel
 from einfuse.errors import EinfuseError, ExecutionError, ModelLoadError
-from einfuse.ir.graph import Graph
+from einfuse.ir.graph import Graph, c_contiguous
 from einfuse.ir.types import DType, TensorType
 
 ALIGN = 64
@@ -96,7 +96,9 @@ def as_aligned(arr: np.ndarray) -> np.ndarray:
     if is_aligned(arr):
         return arr
     out = aligned_empty(arr.shape, arr.dtype)
-    np.copyto(out, arr)
+    # A weight may be a transposed view (canonicalize keeps W.T uncopied): numpy's strided
+    # copy of a large one takes seconds, c_contiguous copies it tile by tile.
+    np.copyto(out, c_contiguous(arr))
     return out
 
 
@@ -481,7 +483,7 @@ class Executable:
 
 
 def _write_array(zf: zipfile.ZipFile, stem: str, arr: np.ndarray) -> str:
-    arr = np.ascontiguousarray(arr)
+    arr = c_contiguous(arr) if arr.ndim else np.ascontiguousarray(arr)
     if arr.dtype.kind == "V" or arr.dtype.names is not None or arr.dtype.kind not in "biuf":
         # bfloat16 / float8 (ml_dtypes) have no .npy name: raw bytes, dtype in the manifest.
         zf.writestr(f"{stem}.bin", arr.tobytes())

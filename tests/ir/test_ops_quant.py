@@ -11,7 +11,7 @@ from onnx import TensorProto
 
 from einfuse.codegen import reference
 from einfuse.errors import ShapeError, UnsupportedOpError
-from einfuse.ir.ops import OUT_FUSABLE, get_op
+from einfuse.ir.ops import OPAQUE, OUT_FUSABLE, get_op
 from einfuse.ir.types import DType, TensorType, sym
 from tests.onnx_helpers import (
     OnnxModel,
@@ -223,9 +223,20 @@ def test_dynamic_quantize_linear(rng, values, shape):
 
 
 def test_dynamic_quantize_linear_family_and_empty():
-    assert get_op("dynamic_quantize_linear").family == "elementwise"
+    assert get_op("dynamic_quantize_linear").family == OPAQUE
     y, s, z = get_op("dynamic_quantize_linear").reference(np.zeros((0, 3), np.float32))
     assert y.shape == (0, 3) and float(s) == 1.0 and int(z) == 0
+
+
+def test_dynamic_quantize_linear_is_not_elementwise(rng):
+    # Why it is OPAQUE: each element's result depends on the whole tensor's range, so
+    # quantizing two halves separately (as an elementwise kernel's tiles would) differs.
+    x = rng.standard_normal((8, 300)).astype(np.float32) * np.arange(1, 9, dtype=np.float32)[:, None]
+    ref = get_op("dynamic_quantize_linear").reference
+    whole, scale, _ = ref(x)
+    top, top_scale, _ = ref(x[:4])
+    assert float(top_scale) < float(scale)
+    assert not np.array_equal(top, whole[:4])
 
 
 def test_families():

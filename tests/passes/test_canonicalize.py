@@ -163,9 +163,49 @@ def test_gemm_rewrite_keeps_f32_results_bit_exact(attrs, rng):
         "c": rng.standard_normal((1, 3)).astype(np.float32),
     }
     before = reference.run(graph, feeds)
-    after = reference.run(PassManager(["canonicalize"], verify=True).run(graph), feeds)
+    pm = PassManager(["canonicalize"], verify=True)
+    after = reference.run(pm.run(graph), feeds)
+    # Both gemms were rewritten (else the comparison would prove nothing).
+    assert pm.records[0].rules_fired == {"gemm_to_matmul": 2}
     for name in before:
         np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_large_transposed_weights_are_views_or_copied_exactly():
+    # transB of a constant: the new constant is a read-only view of the weight (a 400 MB
+    # fully-connected weight would take seconds to copy); scaled by alpha = 2 it is a new
+    # array, over 4 MiB, copied into C order tile by tile (sides not multiples of the tile).
+    w = np.arange(1100 * 1030, dtype=np.float32).reshape(1030, 1100)
+    before = """
+        graph @main(%a: f32[2,1100]) -> (%y: f32[2,1030], %z: f32[2,1030]) {
+          @w = const : f32[1030,1100]
+          %y = gemm(%a, @w) {transB=true} : f32[2,1030]
+          %z = gemm(%a, @w) {transB=true, alpha=2.0} : f32[2,1030]
+          return %y, %z
+        }
+    """
+    result = check_rewrite(
+        before,
+        """
+        graph @main(%a: f32[2,1100]) -> (%y: f32[2,1030], %z: f32[2,1030]) {
+          @w.T = const : f32[1100,1030]
+          @w.scaled = const : f32[1100,1030]
+          %y = matmul(%a, @w.T) : f32[2,1030]
+          %z = matmul(%a, @w.scaled) : f32[2,1030]
+          return %y, %z
+        }
+        """,
+        "canonicalize",
+        constants={"w": w, "w.T": np.ascontiguousarray(w.T), "w.scaled": np.ascontiguousarray(w.T) * 2},
+        fired={"gemm_to_matmul": 2},
+    )
+    view, scaled = result.constants["w.T"][1], result.constants["w.scaled"][1]
+    assert not view.flags.c_contiguous and not view.flags.writeable
+    assert scaled.flags.c_contiguous and not scaled.flags.writeable
+    graph = parse(before, constants={"w": w})
+    original = graph.constants["w"][1]
+    PassManager(["canonicalize"]).run(graph)
+    assert np.shares_memory(graph.constants["w.T"][1], original)
 
 
 # -- sub / div --------------------------------------------------------------------------------

@@ -158,3 +158,36 @@ def test_constants_can_be_left_alone():
         }
     """
     check_rewrite(text, text, get_pass("eliminate-common-subexpressions", merge_constants=False))
+
+
+def test_large_constants_differing_in_one_byte_stay_apart():
+    # Large constants are bucketed by a digest of sampled bytes: w2 differs from w1 in
+    # one element between the samples, w3 equals w1, so only w3 merges.
+    w1 = np.random.default_rng(1).standard_normal((300, 1000)).astype(np.float32)
+    w2 = w1.copy()
+    w2[150, 501] += 1.0
+    check_rewrite(
+        """
+        graph @main(%x: f32[300,1000]) -> (%y: f32[300,1000]) {
+          @w1 = const : f32[300,1000]
+          @w2 = const : f32[300,1000]
+          @w3 = const : f32[300,1000]
+          %a = add(%x, @w1) : f32[300,1000]
+          %b = add(%a, @w2) : f32[300,1000]
+          %y = add(%b, @w3) : f32[300,1000]
+          return %y
+        }
+        """,
+        """
+        graph @main(%x: f32[300,1000]) -> (%y: f32[300,1000]) {
+          @w1 = const : f32[300,1000]
+          @w2 = const : f32[300,1000]
+          %a = add(%x, @w1) : f32[300,1000]
+          %b = add(%a, @w2) : f32[300,1000]
+          %y = add(%b, @w1) : f32[300,1000]
+          return %y
+        }
+        """,
+        "eliminate-common-subexpressions",
+        constants={"w1": w1, "w2": w2, "w3": w1.copy()},
+    )

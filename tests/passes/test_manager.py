@@ -273,10 +273,8 @@ def _random_inputs(g: Graph, seed: int) -> tuple[dict, dict] | None:
 
 
 get_op("add")  # loads every op module
-# NOTE: graphs() can give a matmul weight the name of an existing node output (a
-# ValueError while generating, about 1 graph in 1000); matmul stays out until
-# einfuse/testing/strategies.py fixes that.
-RANDOM_GRAPH_OPS = sorted(set(REGISTRY) - {"matmul"})
+# Every op (matmul too: graphs() no longer names a weight like an existing value, 869e015).
+RANDOM_GRAPH_OPS = sorted(REGISTRY)
 
 
 @pytest.mark.parametrize("passes", [[p] for p in THREE] + [THREE], ids=THREE + ["all"])

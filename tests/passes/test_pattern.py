@@ -532,3 +532,29 @@ def test_patterns_print_readably():
     p = P("add", Any("x"), Const("c", value=0.0), commutative=True)
     assert repr(p) == "P('add', Any('x'), Const('c', value=0.0), commutative=True)"
     assert repr(fold_double_neg) == "Rule('fold_double_neg': P('neg', P('neg', Any('x'))))"
+
+
+# -- cost ------------------------------------------------------------------------------------
+
+
+def test_firings_update_the_use_index_instead_of_rebuilding_it(monkeypatch):
+    # 1,000 firings, each replacing a node and inserting a new one: the Graph keeps its
+    # use-def index up to date, so it is built once, not once per firing (which made a
+    # rewrite quadratic in the graph size).
+    from einfuse.ir.builder import Builder
+    from einfuse.ir.graph import Graph
+    from einfuse.ir.types import TensorType
+
+    g = Graph()
+    v = g.add_input("x", TensorType((4,), DType.f32))
+    b = Builder(g)
+    for _ in range(1000):
+        v = b.op("add", [v, v])
+    g.outputs = [v]
+    builds = []
+    original = Graph._rebuild_index
+    monkeypatch.setattr(Graph, "_rebuild_index", lambda self: builds.append(1) or original(self))
+    result = rewrite(g, add_self_to_mul)
+    assert result.fired == {"add_self_to_mul": 1000}
+    assert [n.op for n in g.nodes] == ["mul"] * 1000 and g.outputs[0].name == v.name
+    assert len(builds) <= 1

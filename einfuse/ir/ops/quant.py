@@ -1,5 +1,5 @@
 """Integer and quantized compute ops: matmul_integer, conv_integer, qlinear_matmul,
-qlinear_conv (family OUT_FUSABLE) and dynamic_quantize_linear (ELEMENTWISE).
+qlinear_conv (family OUT_FUSABLE) and dynamic_quantize_linear (OPAQUE).
 
 Quantized tensors are i8/u8. Integer products accumulate exactly and wrap in 32 bits
 (ONNX: "accumulation may overflow if and only if in 32 bits"). The references multiply
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from einfuse.ir.ops import ELEMENTWISE, OUT_FUSABLE, Attr, register
+from einfuse.ir.ops import OPAQUE, OUT_FUSABLE, Attr, register
 from einfuse.ir.ops.nn import conv as conv_reference
 from einfuse.ir.ops.nn import conv_out_dim, window_params
 from einfuse.ir.types import DType, TensorType, broadcast_shapes, dim_known_ne, simplify_dim
@@ -282,7 +282,10 @@ def _infer_dynamic_quantize(ctx):
     return [x.with_dtype(DType.u8), TensorType((), DType.f32), TensorType((), DType.u8)]
 
 
-@register("dynamic_quantize_linear", family=ELEMENTWISE, inputs=1, outputs=3, infer=_infer_dynamic_quantize)
+# OPAQUE, not ELEMENTWISE: every output element depends on the min and max of the whole
+# tensor, so a kernel computing it element by element (or row by row, or tile by tile)
+# would quantize each piece with its own scale. The fuse pass keeps opaque ops alone.
+@register("dynamic_quantize_linear", family=OPAQUE, inputs=1, outputs=3, infer=_infer_dynamic_quantize)
 def dynamic_quantize_linear(x):
     """u8 quantization over x's range widened to include 0: (y, scale, zero_point)."""
     # f32 throughout, as onnxruntime computes it.
