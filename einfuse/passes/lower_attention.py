@@ -100,7 +100,10 @@ class LowerAttention(Pass):
         if self.form not in FORMS:
             raise ValueError(f"lower-attention: form={self.form!r} should be one of {', '.join(FORMS)}")
         counts: Counter = Counter()
-        for node in [n for n in graph.nodes if n.op == "attention"]:
+        # By output value: lowering one attention rewires its users, which replaces their
+        # Node objects (graph.set_inputs), so a list of the nodes themselves goes stale.
+        for value in [n.outputs[0] for n in graph.nodes if n.op == "attention"]:
+            node = graph.producer(value)
             try:
                 self._lower(graph, node, counts)
             except NotLowered as why:

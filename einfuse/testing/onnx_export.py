@@ -1,7 +1,7 @@
 """Graph -> ONNX export, so that onnxruntime can serve as a second oracle and failing
 cases can be shared as .onnx files.
 
-    model = to_onnx(graph)            # onnx.ModelProto at EXPORT_OPSET
+    model = to_onnx(graph)            # onnx.ModelProto at EXPORT_OPSET (23 with attention)
     outputs = run_onnxruntime(model, inputs)
 
 Core ops carry the semantics of the newest ONNX opset with static parameters as
@@ -263,6 +263,8 @@ def _value_info(v: Value) -> onnx.ValueInfoProto:
 def to_onnx(graph: Graph, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
     """The ONNX model of `graph` (symbolic dims become dim_params). Raises
     UnsupportedOpError for a node with no ONNX form at `opset`."""
+    if any(n.op == "attention" for n in graph.nodes):
+        opset = max(opset, 23)  # Attention is new in opset 23
     ex = _Exporter(graph, opset)
     for name, (v, arr) in graph.constants.items():
         ex.initializers.append(_tensor(arr, v.name))
@@ -378,6 +380,18 @@ def _export_node(ex: _Exporter, node: Node) -> None:
     elif op == "constant_of_shape":
         value = helper.make_tensor("value", _dtype_to_onnx(a["dtype"]), [1], [a["value"]])
         ex.emit("ConstantOfShape", [ex.ints(a["shape"], "shape")], outs, value=value)
+    elif op == "attention":
+        if a["qk_output"] != "none" or a["left_window_size"] >= 0 or a["right_window_size"] >= 0:
+            raise ex.unsupported(node, "qk_output and sliding windows have no ONNX Attention-23 form")
+        ex.emit(
+            "Attention",
+            ins,
+            outs,
+            scale=float(a["scale"]),
+            is_causal=int(a["is_causal"]),
+            softcap=float(a["softcap"]),
+            softmax_precision=_dtype_to_onnx(a["softmax_precision"]),
+        )
     else:
         raise ex.unsupported(node, "no export rule for this op")
 

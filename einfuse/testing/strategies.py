@@ -1022,6 +1022,35 @@ def _einsum_cascade(gen: GraphGen, op: str):
     return ops, attrs, Facts(-1.0, 1.0, False)
 
 
+@recipe("attention")
+def _attention(gen: GraphGen, op: str):
+    # Scaled dot-product attention (ONNX Attention-23), the form recognize-attention
+    # produces and lower-attention rewrites: K and V are new leaves (their heads divide
+    # q's), optionally causal and with an additive float mask; the output is a convex
+    # combination of V's rows.
+    shape = (gen.integers(1, 2), gen.choice([1, 2, 4]), gen.integers(1, 5), gen.integers(1, 4))
+    q = gen.operand(
+        lambda v, f: f.bounded and v.rank == 4 and v.dtype in (DType.f32, DType.f16),
+        shape=shape,
+        lo=-1.0,
+        hi=1.0,
+    )
+    b, hq, s, d = q.shape
+    hkv = hq // 2 if _static(hq) and hq % 2 == 0 and gen.boolean() else hq
+    m, dv = gen.integers(1, 6), gen.integers(1, 4)
+    k = gen.leaf((b, hkv, m, d), q.dtype, -1.0, 1.0)
+    v = gen.leaf((b, hkv, m, dv), q.dtype, -1.0, 1.0)
+    ops = [q, k, v]
+    if gen.boolean():
+        ops.append(gen.leaf(gen.choice([(1, 1, s, m), (b, hq, s, m)]), q.dtype, -1.0, 1.0))
+    attrs = {
+        "scale": 1.0 / math.sqrt(max(gen.sym_max(d), 1)),
+        "is_causal": gen.boolean(),
+        "softmax_precision": DType.f32,
+    }
+    return ops, attrs, Facts(-1.0, 1.0, False)
+
+
 def _spatial_input(gen: GraphGen, nsp: int) -> Value:
     """An (N, C, spatial...) operand with static C and static spatial dims >= 1."""
 

@@ -396,7 +396,7 @@ def test_gemv_reshape_residual_epilogue():
     from einfuse.codegen.tvm.dense import DENSE_PATH
 
     def build(bl, a, b, r):
-        y = bl.op("reshape", [bl.op("gemm", [a, b], transB=1)], shape=(1, 3, 37))
+        y = bl.op("reshape", [bl.op("gemm", [a, b], transB=True)], shape=(1, 3, 37))
         return bl.op("add", [y, r])
 
     kernel = check({"a": rand(3, 70), "b": rand(37, 70), "r": rand(1, 3, 37)}, build)

@@ -159,3 +159,38 @@ def _tvm_ops():
 
 
 test_tvm_backend = pytest.mark.slow(backend_property("tvm", ops=_tvm_ops, max_nodes=4, onnx=True, max_examples=15))
+
+
+def test_check_feeds_pre_packed_weights_to_tvm_kernels():
+    """A TVM kernel may take a constant weight pre-packed (Kernel.meta["prepack"]): the
+    checker packs it once, as the runtime does, instead of passing the raw array."""
+    from einfuse.codegen import reference
+    from einfuse.ir.builder import Builder
+    from einfuse.ir.graph import Graph
+    from einfuse.ir.types import TensorType
+    from einfuse.testing.check import compile_graph
+
+    rng = np.random.default_rng(0)
+    g = Graph("g")
+    x = g.add_input("x", TensorType((4, 64), F32))
+    img = g.add_input("img", TensorType((1, 8, 10, 10), F32))
+    b = Builder(g)
+    w = b.const("w", (rng.standard_normal((64, 48)) * 0.1).astype(np.float32))
+    bias = b.const("bias", rng.standard_normal(48).astype(np.float32))
+    y = b.op("relu", [b.op("add", [b.op("matmul", [x, w]), bias])])
+    cw = b.const("cw", (rng.standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32))
+    conv_attrs = {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1), "strides": (1, 1), "dilations": (1, 1), "group": 1}
+    c = b.op("conv", [img, cw], **conv_attrs)
+    g.outputs = [y, c]
+    inputs = {
+        "x": rng.standard_normal((4, 64)).astype(np.float32),
+        "img": rng.standard_normal((1, 8, 10, 10)).astype(np.float32),
+    }
+    compiled = compile_graph(g, "tvm")
+    got = compiled(inputs)
+    assert any((k.meta or {}).get("prepack") for k in compiled.kernels.values()), "no kernel asked for packed weights"
+    assert compiled.packed, "the packed weights were not fed"
+    want = reference.run(g, inputs)
+    for v in g.outputs:
+        np.testing.assert_allclose(got[v.name], want[v.name], rtol=1e-4, atol=1e-4)
+    assert check(g, backends=["tvm"], inputs=inputs).ok

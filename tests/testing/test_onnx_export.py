@@ -89,3 +89,21 @@ def test_export_round_trips_through_the_importer(g, seed):
     for v, w in zip(back.outputs, g.outputs):
         d = compare(got[v.name], want[w.name], w.dtype, TOLERANCES.get(w.dtype, TOLERANCES[DType.f32]), scale=10.0)
         assert d is None, f"{w.name}: {d}\n{g}"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_exports_at_opset_23_and_matches_onnxruntime(causal):
+    # 4 query heads over 2 key/value heads (grouped), a float mask, optionally causal
+    flag = str(causal).lower()
+    g = parse(f"""
+    graph @g(%q: f32[1,4,3,2], %k: f32[1,2,5,2], %v: f32[1,2,5,3], %m: f32[1,1,3,5]) -> (%y: f32[1,4,3,3]) {{
+      %y = attention(%q, %k, %v, %m) {{is_causal={flag}, scale=0.7, softmax_precision=f32}} : f32[1,4,3,3]
+      return %y
+    }}
+    """)
+    model = to_onnx(g)
+    assert model.opset_import[0].version == 23 and model.graph.node[0].op_type == "Attention"
+    inputs = random_inputs(g, seed=1)
+    (got,) = run_onnxruntime(model, inputs)
+    want = reference.run(g, inputs)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

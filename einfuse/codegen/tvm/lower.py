@@ -10,6 +10,12 @@ elements (weights: the runtime feeds them, so the region text with those constan
 elided is a sound cache key), then any arrays an emitter derived from constants with
 `ctx.add_const_param` (pre-packed weights). Smaller constants are baked into the code.
 
+Nodes whose operands are all constants are evaluated here, with the numpy reference, and
+their results used as constants (scalars baked in, arrays as derived parameters): code
+for them would compute a constant at run time, and TVM's simplifier takes minutes, or
+never finishes, on transcendental chains over the select chain a baked array becomes
+(softplus(softplus(constant)), one_hot of constant indices then elu).
+
 Shapes are static: symbols bind from `dims` ({"B": 1, "S": 128}); a dim that stays
 symbolic is a LoweringError. Every TE name comes from op names and counters
 (`EmitCtx.name`, "in0", "c0"), never from model-supplied value names.
@@ -263,7 +269,19 @@ def _lower(node: Node, target, dims: dict | None, allow_prepack: bool):
     known = {t.op.name for t in env.values()}
     anchor = anchor_op = None
     anchor_family = _ANCHOR_FAMILIES.get(kind)
+    # Values known at compile time: the region's constants, then the results of nodes
+    # computed from them alone.
+    folded: dict[int, np.ndarray] = {id(v): arr for v, arr in region.constants.values()}
     for n in region.nodes:
+        results = _fold(n, folded)
+        if results is not None:
+            for o, arr in zip(n.outputs, results):
+                folded[id(o)] = arr
+                t = _const_tensor(ctx, arr) if arr.size <= 1 else ctx.add_const_param(arr, hint="folded")
+                ctx.stages.setdefault(t.op.name, "const")
+                known.add(t.op.name)
+                env[id(o)] = t
+            continue
         fn = EMITTERS.get(n.op)
         if fn is None:
             raise LoweringError(f"{n.label}: the TVM backend has no lowering for op {n.op!r}")
@@ -344,6 +362,28 @@ def _lower(node: Node, target, dims: dict | None, allow_prepack: bool):
         num_threads=num_threads(),
     )
     return func, info, plan
+
+
+def _fold(n: Node, folded: dict) -> tuple | None:
+    """n's results when all its operands are known constants (None otherwise)."""
+    if n.op.startswith(("random", "multinomial", "bernoulli")):  # none registered yet
+        return None
+    if not n.inputs or any(x is not None and id(x) not in folded for x in n.inputs):
+        return None
+    args = [None if x is None else folded[id(x)] for x in n.inputs]
+    try:
+        with np.errstate(all="ignore"):
+            res = get_op(n.op).reference(*args, **n.attrs)
+    except Exception:  # noqa: BLE001 - leave it to the emitter (which reports what it cannot do)
+        return None
+    res = res if isinstance(res, tuple) else (res,)
+    out = []
+    for o, r in zip(n.outputs, res):
+        r = np.ascontiguousarray(r, dtype=o.dtype.np)
+        if tuple(r.shape) != tuple(o.shape):  # symbolic or data-dependent: not foldable here
+            return None
+        out.append(r)
+    return tuple(out) if len(out) == len(n.outputs) else None
 
 
 def _reader(t):

@@ -20,6 +20,7 @@ from tvm import te, tirx
 from einfuse.codegen.backend import LoweringError
 from einfuse.codegen.tvm.emit import emitter
 from einfuse.codegen.tvm.lower import tvm_dtype
+from einfuse.codegen.tvm.schedule_generic import MATERIALIZE
 
 # -- shared helpers ------------------------------------------------------------------
 
@@ -92,15 +93,96 @@ def out_dtype(node, k: int = 0) -> str:
 
 def elementwise(ctx, node, tensors, body, dtype: str | None = None, op: str | None = None):
     """One compute stage over the node's (broadcast) output shape:
-    body(*loaded operand values) -> value of the output dtype."""
+    body(*loaded operand values) -> value of the output dtype.
+
+    When inlining the operands' producers would make the expression larger than
+    EXPANDED_LIMIT (a chain of transcendentals: softplus(softplus(x)), elu then softplus),
+    the large operands are read from materialized stages instead (materialize_deep)."""
     shape = ctx.shape(node.outputs[0])
     dtype = dtype or out_dtype(node)
 
-    def fcompute(*i):
-        vals = [None if t is None else load(t, i) for t in tensors]
-        return cast(body(*vals), dtype)
+    def build(operands):
+        def fcompute(*i):
+            vals = [None if t is None else load(t, i) for t in operands]
+            return cast(body(*vals), dtype)
 
-    return te.compute(shape, fcompute, name=ctx.name(op or node.op))
+        return te.compute(shape, fcompute, name=ctx.name(op or node.op))
+
+    out = build(tensors)
+    if stage_expanded_size(out, {}) <= EXPANDED_LIMIT:
+        return out
+    return build([None if t is None else materialize_deep(ctx, t) for t in tensors])
+
+
+# -- expression size across inlined stages -------------------------------------------------
+#
+# TVM's LLVM codegen binds every Let in its arithmetic analyzer, which simplifies the
+# bound value with all enclosing Let values substituted (a tree walk, with Select
+# conditions entered as constraints): its cost follows the size of the expression with
+# every Let expanded, which multiplies along a chain of inlined transcendentals (each an
+# exp/log polynomial with NaN/inf selects). One softplus expands to ~5e3 nodes, mish to
+# ~1e5 (0.6 s to compile); softplus(softplus(x)) to ~1.3e6 (2.5 s); elu -> softplus or
+# one_hot -> elu -> softplus, and four transcendentals in a row (~6e9), never finished.
+# Past EXPANDED_LIMIT a stage reads its operands from materialized stages instead.
+EXPANDED_LIMIT = 1 << 18
+_CHILD_FIELDS = ("a", "b", "value", "condition", "true_value", "false_value")
+
+
+def _expanded_size(e, env: dict, memo: dict) -> int:
+    """Nodes in e with every Let variable replaced by its value (what TVM's analyzer walks)."""
+    if isinstance(e, te.Tensor):
+        return stage_expanded_size(e, memo)
+    if isinstance(e, tirx.Var):
+        return env.get(hash(e), 1)
+    # Shared subexpressions are counted once per Let scope (env), without walking them again.
+    key = (hash(e), id(env))
+    if key in memo:
+        return memo[key]
+    if isinstance(e, tirx.Let):
+        inner = dict(env)
+        inner[hash(e.var)] = _expanded_size(e.value, env, memo)
+        memo.setdefault("scopes", []).append(inner)  # keeps id(inner) unique while memo lives
+        size = _expanded_size(e.body, inner, memo)
+    elif isinstance(e, tvm.ir.expr.Call):  # intrinsics, and te.tensor_load(tensor, *indices)
+        size = 1 + sum(_expanded_size(a, env, memo) for a in e.args)
+    else:
+        size = 1
+        for f in _CHILD_FIELDS:
+            child = getattr(e, f, None)
+            if child is not None and not isinstance(child, (int, float, str)):
+                size += _expanded_size(child, env, memo)
+    memo[key] = size = min(size, 1 << 40)
+    return size
+
+
+def stage_expanded_size(t, memo: dict) -> int:
+    """The expanded size of tensor t's element once the scheduler inlines its producers
+    (placeholders, reductions and materialized stages stay buffers: size 1)."""
+    op = t.op
+    if not isinstance(op, te.ComputeOp) or MATERIALIZE in {str(k) for k in op.attrs}:
+        return 1
+    if any(isinstance(b, tirx.Reduce) for b in op.body):
+        return 1
+    key = ("stage", op.name)
+    if key not in memo:
+        memo[key] = max(_expanded_size(b, {}, memo) for b in op.body)
+    return memo[key]
+
+
+def materialize_deep(ctx, t):
+    """t itself when small (a load, a cheap op), else a copy of it marked MATERIALIZE: the
+    generic schedule computes it into a buffer of its own instead of inlining the chain
+    into its consumers."""
+    if stage_expanded_size(t, {}) <= 64:
+        return t
+    return te.compute(t.shape, _reader(t), name=ctx.name("stage"), attrs={MATERIALIZE: 1})
+
+
+def _reader(t):
+    def read(*i):
+        return t(*i)
+
+    return read
 
 
 def isnan(x):

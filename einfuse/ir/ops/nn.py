@@ -612,10 +612,10 @@ def max_pool(x, *, kernel_shape, strides, pads, dilations, ceil_mode, storage_or
     nd, kernel, strides, pads, dilations, out_sizes = _pool_setup(x, kernel_shape, strides, pads, dilations, ceil_mode)
     if x.dtype.kind in "iu":
         lowest = np.iinfo(x.dtype).min
-    elif x.dtype == np.dtype(ml_dtypes.float8_e4m3fn):  # no infinities in this format
-        lowest = float(ml_dtypes.finfo(x.dtype).min)
     else:
-        lowest = -np.inf
+        # onnxruntime's initial value (TVM's too): a window of padding only gives the
+        # lowest float, not -inf (ONNX does not say; onnx.reference gives NaN)
+        lowest = float(ml_dtypes.finfo(x.dtype).min)
     view = _windows(x, kernel, strides, dilations, pads, out_sizes, lowest)
     k_axes = tuple(range(2 + nd, 2 + 2 * nd))
     y = view.max(axis=k_axes)
@@ -923,7 +923,8 @@ def _infer_axis_op(ctx):
 def softmax(x, *, axis):
     """exp(x) / sum(exp(x)) along axis (max-subtracted)."""
     xa = _acc(x)
-    e = np.exp(xa - xa.max(axis=axis, keepdims=True))
+    # initial=-inf: an empty axis gives an empty result (numpy's max of nothing fails)
+    e = np.exp(xa - xa.max(axis=axis, keepdims=True, initial=-np.inf))
     return _out(e / e.sum(axis=axis, keepdims=True), x.dtype)
 
 
@@ -931,7 +932,7 @@ def softmax(x, *, axis):
 def log_softmax(x, *, axis):
     """x - log(sum(exp(x))) along axis (max-subtracted)."""
     xa = _acc(x)
-    shifted = xa - xa.max(axis=axis, keepdims=True)
+    shifted = xa - xa.max(axis=axis, keepdims=True, initial=-np.inf)
     return _out(shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True)), x.dtype)
 
 
