@@ -5,7 +5,7 @@
                  [--target llvm]                   (compiled with TVM; MODEL may be an .einf file)
     einfuse compile MODEL -o OUT.einf [--dims ..]  compile for this CPU into one file
     einfuse bench MODEL [--runs N] [--profile]     einfuse vs onnxruntime vs TVM Relax, side by side
-    einfuse tune MODEL                             MetaSchedule tuning (not implemented yet)
+    einfuse tune MODEL [--trials N] [--db DIR]     tune kernels; EINFUSE_TUNE_DB=DIR compile uses them
     einfuse explain MODEL [-v] [--dims B=1]        run the default pipeline, pass by pass
     einfuse conformance [--filter SUBSTR] ...      ONNX node conformance report
     einfuse fuzz [--backend tvm] [--time 5m]       differential graph fuzzer (reproducers in fuzz-out/)
@@ -479,10 +479,23 @@ def _cpu_count() -> int:
 
 
 def cmd_tune(args) -> int:
-    raise EinfuseError(
-        "einfuse tune: MetaSchedule tuning is not implemented yet",
-        hint="`einfuse compile` uses the rule-based schedules of the TVM backend",
+    from einfuse.codegen.tvm.tune import default_db_path, parse_duration, tune_model
+
+    time_limit = parse_duration(args.time) if args.time else None
+    report = tune_model(
+        args.model,
+        target=args.target,
+        dims=_parse_dims(args.dims),
+        db=args.db,
+        trials=args.trials,
+        kernels=args.kernels,
+        time_limit=time_limit,
+        seed=args.seed,
     )
+    print(report)
+    db = args.db or default_db_path()
+    print(f"use it: EINFUSE_TUNE_DB={db} einfuse compile {args.model} -o OUT.einf")
+    return EXIT_OK
 
 
 def summarize(name: str, arr: np.ndarray, first: int = 5) -> str:
@@ -691,8 +704,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, top=False)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("tune", help="MetaSchedule tuning (not implemented yet: exits with an error)")
-    p.add_argument("model", metavar="MODEL", nargs="?", help="ONNX model file")
+    p = sub.add_parser(
+        "tune",
+        help="tune a model's TVM kernels (MetaSchedule search space) into a database compile reuses",
+        description="Samples --trials schedules per kernel from MetaSchedule's design space for this CPU, "
+        "measures the best against the rule-based schedule (medians, the kernels' thread count) and stores it "
+        "when it is faster, keyed by the kernel's region key and the target. Compile uses the database when "
+        "EINFUSE_TUNE_DB names it (compile never needs one; a missing or corrupted database is ignored with a "
+        "warning). Keep budgets small on a shared machine.",
+    )
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("--db", metavar="DIR", help="the database directory (default: <cache dir>/tune)")
+    p.add_argument("--trials", type=int, default=64, metavar="N", help="schedules sampled per kernel (default 64)")
+    p.add_argument("--kernels", type=int, metavar="N", help="tune only the N largest kernels by FLOPs")
+    p.add_argument("--time", metavar="DURATION", help="time limit for the whole run, e.g. 600, 10m, 1h")
+    p.add_argument("--target", default="llvm", metavar="TARGET", help="llvm (this CPU, default) or an mcpu name")
+    p.add_argument("--dims", action="append", metavar="NAME=N,...", help=dims_help + "; unset ones default to 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the schedule sampling (default 0)")
     _add_common(p, top=False)
     p.set_defaults(func=cmd_tune)
 

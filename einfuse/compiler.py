@@ -194,6 +194,7 @@ def compile(  # noqa: A001 - the public name the issue asks for (einfuse.compile
     cache: bool = True,
     strict: bool = False,
     max_const_bytes: int | None = None,
+    tune_db: str | os.PathLike | None = None,
 ) -> CompiledModel:
     """Compiles an ONNX model (path, bytes or ModelProto), a torch.export.ExportedProgram
     or a Graph for `target`.
@@ -202,7 +203,8 @@ def compile(  # noqa: A001 - the public name the issue asks for (einfuse.compile
     cache_dir: the kernel cache ($EINFUSE_CACHE_DIR or ~/.cache/einfuse by default);
     cache=False compiles everything afresh and stores nothing. progress: a progress
     bar over kernels (on a terminal) and notes on stderr. strict: a backend error other
-    than LoweringError raises instead of falling back to the reference backend."""
+    than LoweringError raises instead of falling back to the reference backend. tune_db: a
+    database written by `einfuse tune` (default $EINFUSE_TUNE_DB; none: rule-based schedules)."""
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     report = CompileReport(target=target, backend=TARGETS[target])
@@ -221,7 +223,9 @@ def compile(  # noqa: A001 - the public name the issue asks for (einfuse.compile
     report.seconds["optimize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    builder = _ExecutableBuilder(graph, target, bound, report, cache_dir if cache else False, strict, leftovers)
+    builder = _ExecutableBuilder(
+        graph, target, bound, report, cache_dir if cache else False, strict, leftovers, tune_db=tune_db
+    )
     # Importing TVM takes seconds, once per process: shown apart from the kernels' time.
     report.seconds["backend import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -468,7 +472,9 @@ def concrete_shape(t: TensorType, dims: dict[str, int]) -> tuple[int, ...] | Non
 
 
 class _ExecutableBuilder:
-    def __init__(self, graph, target: str, dims: dict, report: CompileReport, cache_dir, strict: bool, leftovers):
+    def __init__(
+        self, graph, target: str, dims: dict, report: CompileReport, cache_dir, strict: bool, leftovers, tune_db=None
+    ):
         self.graph = graph
         self.leftovers = leftovers
         self.target = target
@@ -479,7 +485,9 @@ class _ExecutableBuilder:
         self.backend = get_backend(self.backend_name)
         self.reference = get_backend("reference")
         self.cache = None if cache_dir is False or self.backend_name == "reference" else KernelCache(cache_dir)
-        self.salt = cache_salt(self.backend_name, target, dims)
+        self.tune_db = tune_db
+        # A tuning database changes the code of the kernels it has records for.
+        self.salt = cache_salt(self.backend_name, target, dims) + _tune_salt(self.backend_name, tune_db)
         self.buffers: list[Buffer] = []
         self.buffer_of: dict[int, int] = {}
         self.weights: dict[int, np.ndarray] = {}
@@ -677,9 +685,12 @@ class _ExecutableBuilder:
             self.codegen_seconds += time.perf_counter() - t0
 
     def _backend_compile(self, node: Node) -> Kernel:
+        kwargs = {}
+        if self.tune_db is not None and _accepts_kwarg(self.backend.compile, "tune_db"):
+            kwargs["tune_db"] = self.tune_db
         if self._accepts_dims:
-            return self.backend.compile(node, self.target, dims=dict(self.dims))
-        return self.backend.compile(node, self.target)
+            return self.backend.compile(node, self.target, dims=dict(self.dims), **kwargs)
+        return self.backend.compile(node, self.target, **kwargs)
 
     def _library_file(self, kernel: Kernel) -> Path | None:
         art = kernel.artifact
@@ -698,6 +709,16 @@ class _ExecutableBuilder:
         else:
             return None
         return path
+
+
+def _tune_salt(backend: str, tune_db) -> str:
+    """"" without a tuning database, else a hash of its records (no TVM import)."""
+    if backend != "tvm":
+        return ""
+    from einfuse.codegen.tvm.tune import database_fingerprint
+
+    fingerprint = database_fingerprint(tune_db)
+    return f"|tune={fingerprint}" if fingerprint else ""
 
 
 def _large_constants_digest(region: Graph) -> str:

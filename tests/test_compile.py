@@ -215,11 +215,6 @@ def test_cli_bench(tiny, capsys):
     assert "per-kernel time" in text and "matmul" in text
 
 
-def test_cli_tune_says_not_implemented(tiny, capsys):
-    assert main(["tune", str(tiny)]) == 1
-    assert "not implemented" in capsys.readouterr().err
-
-
 def test_cli_bad_einf(tmp_path):
     bad = tmp_path / "bad.einf"
     import zipfile
