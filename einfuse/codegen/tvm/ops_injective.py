@@ -44,15 +44,57 @@ def reshape_index(in_shape: tuple, out_shape: tuple, idx) -> list:
         for (ki, _), (ko, _) in zip(in_nz, out_nz):
             src[ki] = idx[ko]
         return src
-    flat = 0
-    for i, s in zip(idx, _strides(out_shape)):
-        if s:
-            flat = flat + i * s
+    runs = _matching_runs(in_shape, out_shape)
+    if runs is None or any(i1 - i0 > 1 for i0, i1, _, _ in runs):
+        # Merged input dims keep the one flat index: the dense schedule's tile matching
+        # takes per-run div/mod of a merged row index for a plain row, then cannot
+        # vectorize the tile (it schedules such a group with the anchor alone instead).
+        runs = [(0, len(in_shape), 0, len(out_shape))]
+    # Each run of input dims is indexed from its own run of output dims only: a split or
+    # merge of dims (shufflenet's [1, 272, 14, 14] -> [1, 4, 68, 14, 14]) then reads
+    # x[0, 68*g + c, h, w], not div/mod of the whole flat index, which kernels tiling
+    # the epilogue's loops (conv.py, dense.py) cannot see through.
     src = []
-    for k, (d, s) in enumerate(zip(in_shape, _strides(in_shape))):
-        v = tirx.floordiv(flat, s) if s != 1 else flat
-        src.append(v if k == 0 else tirx.floormod(v, d))
+    for i0, i1, o0, o1 in runs:
+        if i1 - i0 == 1 and o1 - o0 == 1:
+            src.append(idx[o0])
+            continue
+        flat = 0
+        for k in range(o0, o1):
+            flat = flat * out_shape[k] + idx[k] if k > o0 else idx[k]
+        for k in range(i0, i1):
+            s = math.prod(in_shape[k + 1 : i1])
+            v = tirx.floordiv(flat, s) if s != 1 else flat
+            src.append(v if k == i0 else tirx.floormod(v, in_shape[k]))
     return src
+
+
+def _matching_runs(in_shape: tuple, out_shape: tuple) -> list[tuple[int, int, int, int]] | None:
+    """[(in_lo, in_hi, out_lo, out_hi)]: consecutive runs of input and output dims with
+    equal products (at least one dim each), or None when the shapes do not split so
+    (a zero-size dim)."""
+    if 0 in in_shape or 0 in out_shape:
+        return None
+    runs, i, o = [], 0, 0
+    while i < len(in_shape) and o < len(out_shape):
+        i0, o0 = i, o
+        pi, po = in_shape[i], out_shape[o]
+        i, o = i + 1, o + 1
+        while pi != po:
+            if pi < po and i < len(in_shape):
+                pi, i = pi * in_shape[i], i + 1
+            elif po < pi and o < len(out_shape):
+                po, o = po * out_shape[o], o + 1
+            else:
+                return None
+        runs.append((i0, i, o0, o))
+    if runs and (i < len(in_shape) or o < len(out_shape)):
+        # Trailing unit dims join the last run.
+        if any(d != 1 for d in in_shape[i:]) or any(d != 1 for d in out_shape[o:]):
+            return None
+        i0, _, o0, _ = runs[-1]
+        runs[-1] = (i0, len(in_shape), o0, len(out_shape))
+    return runs or None
 
 
 def _compute(ctx, node, shape, fcompute, op: str | None = None):

@@ -1,13 +1,12 @@
 """TE emitters for reductions (reduce_*, argmax/argmin), normalisations (softmax,
 log_softmax, hardmax, layer_norm, rms_norm, batch_norm, instance_norm, group_norm, lrn,
-lp_normalization, mean_variance_normalization) and pooling (max/average/lp pools and
-their global forms).
+lp_normalization, mean_variance_normalization) and global pooling (the windowed pools
+are in pool.py).
 
 Conventions that let the generic schedule turn them into row reductions: statistics
 are computed with "keepdims" shapes (the data's rank, reduced dims of size 1), so an
 output reading them can be tiled by rows with the statistics computed per row. As in
-the reference, 16-bit floats accumulate in f32, integers in their own dtype (wrapping),
-and max pooling pads with the lowest value.
+the reference, 16-bit floats accumulate in f32, integers in their own dtype (wrapping).
 
 Known difference: reduce_max/min and the softmax maximum use the machine max (a NaN
 element need not propagate), where the reference returns NaN.
@@ -20,7 +19,6 @@ import math
 import numpy as np
 from tvm import te, tirx
 
-from einfuse.codegen.backend import LoweringError
 from einfuse.codegen.tvm.emit import emitter
 from einfuse.codegen.tvm.ops_elementwise import (
     cast,
@@ -41,7 +39,6 @@ from einfuse.codegen.tvm.ops_elementwise import (
     work_dtype,
 )
 from einfuse.codegen.tvm.schedule_generic import MATERIALIZE
-from einfuse.ir.ops.nn import pool_out_dim, window_params
 from einfuse.ir.ops.reduce import reduced_axes
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -554,92 +551,7 @@ def lrn(ctx, node, x):
     return [_compute(ctx, "lrn", shape, f)]
 
 
-# -- pooling -------------------------------------------------------------------------------------
-
-
-def _window(node, x):
-    shape = shape_of(x)
-    nd = len(shape) - 2
-    kernel, strides, pads, dilations = window_params(node.attrs, nd)
-    ceil_mode = node.attrs.get("ceil_mode", 0)
-    outs = [
-        int(pool_out_dim(shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[nd + i], ceil_mode))
-        for i in range(nd)
-    ]
-    return shape, nd, kernel, strides, pads, dilations, outs
-
-
-def _window_read(x, shape, nd, strides, pads, dilations, i, taps, fill):
-    """x at the window tap `taps` of output position i (fill outside the input), as a
-    branch-free, always-in-bounds read that vectorizes."""
-    pos = [i[2 + d] * strides[d] - pads[d] + taps[d] * dilations[d] for d in range(nd)]
-    inside = None
-    for d in range(nd):
-        cond = tirx.And(pos[d] >= 0, pos[d] < shape[2 + d])
-        inside = cond if inside is None else tirx.And(inside, cond)
-    return guarded_read(x, [i[0], i[1], *pos], inside, fill)
-
-
-@emitter("max_pool")
-def max_pool(ctx, node, x):
-    if node.attrs.get("with_indices"):
-        raise LoweringError("max_pool with an indices output is not supported")
-    shape, nd, kernel, strides, pads, dilations, outs = _window(node, x)
-    xdt = dtype_of(x)
-    lowest = _lowest(xdt)
-    taps = [te.reduce_axis((0, kernel[d]), name=f"kw{d}") for d in range(nd)]
-
-    def f(*i):
-        v = _window_read(x, shape, nd, strides, pads, dilations, i, [t.var for t in taps], lowest)
-        return te.max(v, axis=taps)
-
-    return [_compute(ctx, "max_pool", (shape[0], shape[1], *outs), f)]
-
-
-def _tap_count(o, k: int, stride: int, pad: int, dilation: int, lo: int, hi: int):
-    """How many taps t in [0, k) of output position o land in [lo, hi)."""
-    start = o * stride - pad
-    # t >= ceil((lo - start) / d) and t <= floor((hi - 1 - start) / d)
-    t_min = tirx.max(-tirx.floordiv(start - lo, dilation), 0)
-    t_max = tirx.min(tirx.floordiv(hi - 1 - start, dilation), k - 1)
-    return tirx.max(t_max - t_min + 1, 0)
-
-
-@emitter("average_pool", "lp_pool")
-def average_pool(ctx, node, x):
-    shape, nd, kernel, strides, pads, dilations, outs = _window(node, x)
-    acc = work_dtype(dtype_of(x))
-    odt = out_dtype(node)
-    taps = [te.reduce_axis((0, kernel[d]), name=f"kw{d}") for d in range(nd)]
-    p = node.attrs.get("p", 1)
-    is_lp = node.op == "lp_pool"
-
-    def elem(v):
-        if not is_lp or p == 1:
-            return tirx.abs(v) if is_lp else v
-        return let(v, lambda t: t * t) if p == 2 else ipow(tirx.abs(v), p)
-
-    def f(*i):
-        v = _window_read(x, shape, nd, strides, pads, dilations, i, [t.var for t in taps], const(0, dtype_of(x)))
-        return te.sum(elem(cast(v, acc)), axis=taps)
-
-    out_shape = (shape[0], shape[1], *outs)
-    total = _compute(ctx, "pool_sum", out_shape, f)
-    include_pad = node.attrs.get("count_include_pad", 0)
-
-    def finish(*i):
-        s = total(*i)
-        if is_lp:
-            r = s if p == 1 else tirx.sqrt(s) if p == 2 else tirx.power(s, const(1.0 / p, acc))
-            return cast(r, odt)
-        count = None
-        for d in range(nd):
-            lo, hi = (-pads[d], shape[2 + d] + pads[nd + d]) if include_pad else (0, shape[2 + d])
-            c = _tap_count(i[2 + d], kernel[d], strides[d], pads[d], dilations[d], lo, hi)
-            count = c if count is None else count * c
-        return cast(s / count.astype(acc), odt)
-
-    return [_compute(ctx, node.op, out_shape, finish)]
+# -- global pooling (windowed pools: pool.py) ----------------------------------------------
 
 
 @emitter("global_average_pool", "global_max_pool", "global_lp_pool")
