@@ -86,7 +86,7 @@ def _load_optional() -> None:
     owns; import them when present."""
     import importlib
 
-    for mod in ("einfuse.codegen.tvm.dense", "einfuse.codegen.tvm.conv"):
+    for mod in ("einfuse.codegen.tvm.dense", "einfuse.codegen.tvm.conv", "einfuse.codegen.tvm.attention"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
@@ -97,7 +97,7 @@ def _load_optional() -> None:
 class TVMBackend:
     name = "tvm"
 
-    def compile(self, node: Node, target=None, dims: dict | None = None) -> Kernel:
+    def compile(self, node: Node, target=None, dims: dict | None = None, tune_db=None) -> Kernel:
         import tvm
 
         from einfuse.codegen.tvm.lower import lower_region, relax_param_alignment
@@ -110,7 +110,9 @@ class TVMBackend:
         name = kernel_name(node, salt)
         func, info, plan = lower_region(node, tgt, dims)
 
-        sched_name, sch = _schedule(func, info)
+        # A tuning database (einfuse tune; tune_db or $EINFUSE_TUNE_DB) overrides the rule-based schedule.
+        tuned = _tuned_schedule(node, func, tgt, dims, tune_db)
+        sched_name, sch = tuned if tuned is not None else _schedule(func, info)
         func = relax_param_alignment(sch.mod["main"]).with_attr("global_symbol", name)
         # Inlining can copy a Let-bound expression into several places; give each copy
         # its own variable before code generation.
@@ -153,6 +155,14 @@ class TVMBackend:
             meta=meta,
         )
         return kernel
+
+
+def _tuned_schedule(node, func, tgt, dims, tune_db):
+    from einfuse.codegen.tvm.tune import configured_db, lookup_schedule
+
+    if configured_db(tune_db) is None:
+        return None
+    return lookup_schedule(node, func, tgt, dims, tune_db)
 
 
 def _schedule(func, info: GroupInfo):
@@ -307,7 +317,11 @@ def region_cost(region, dims: dict, plan=None) -> tuple[int, int]:
     for n in region.nodes:
         fam = get_op(n.op).family
         out = numel(n.outputs[0]) if n.outputs else 0
-        if fam == OUT_FUSABLE:
+        if n.op == "einsum_cascade":
+            from einfuse.codegen.tvm.attention import cascade_flops
+
+            flops += cascade_flops(n, dims)
+        elif fam == OUT_FUSABLE:
             flops += _dense_flops(n, numel, dims)
         elif fam == ELEMENTWISE:
             flops += sum(numel(o) for o in n.outputs)
