@@ -25,9 +25,13 @@ the reason is logged on logger `einfuse.passes.lower_attention` at INFO and coun
 
 Tile: the largest power of two t with a K and a V tile of t rows (t * (D + Dv) * 4 bytes)
 in half the L2 (`l2_bytes`, 1 MiB per Zen 4 core), clamped to [32, 512], and not above M
-when M is static. Split (decode): when the query length S is static and <= 4, M is static
-and M / kv_tile >= 2 * threads: kv_splits = min(number of tiles, 2 * threads) chunks, each
-at least one tile.
+when M is static. Split (decode): when the query length S is static and <= 4, M is static,
+M / kv_tile >= 2 * threads, and the decode kernel's parallel units (batch x kv heads: the
+query heads sharing a kv head run as one unit) are fewer than the threads:
+kv_splits = min(number of tiles, ceil(2 * threads / units)) chunks, each at least one tile.
+Measured (benchmarks/RESULTS.md, 2 threads, 32k context): 1 kv head, split 1.53x faster;
+2 or 12 kv heads, a tie (the units already keep both threads busy; decode is memory-bound);
+2k context, 12 heads, split 0.62x (slower).
 
 Counters (PassRecord.rules_fired): `lower_attention` (nodes lowered), `attention 3-pass ->
 1-pass` (or `-> 2-pass`, ... as chosen), `attention_split` (of which split) and
@@ -74,14 +78,15 @@ def choose_kv_tile(d, dv, m, l2_bytes: int = 1 << 20) -> int:
     return tile
 
 
-def choose_kv_splits(s, m, kv_tile: int, threads: int = 2) -> int:
-    """The decode split: chunks of at least one tile when few queries meet a long context."""
-    if not (isinstance(s, int) and isinstance(m, int)) or s > 4:
+def choose_kv_splits(s, m, kv_tile: int, threads: int = 2, units: int = 1) -> int:
+    """The decode split: chunks of at least one tile when few queries meet a long context
+    and the (batch x kv head) units alone would leave threads idle."""
+    if not (isinstance(s, int) and isinstance(m, int)) or s > 4 or units >= threads:
         return 1
     tiles = -(-m // kv_tile)
     if tiles < 2 * threads:
         return 1
-    return min(tiles, 2 * threads)
+    return min(tiles, -(-2 * threads // max(units, 1)))
 
 
 @register_pass
@@ -165,7 +170,9 @@ class LowerAttention(Pass):
         form = self.form
         splits = self.kv_splits or 1
         if form == "auto":
-            splits = self.kv_splits or choose_kv_splits(sq, m, tile, self.threads)
+            batch = q.shape[0] if isinstance(q.shape[0], int) else 1  # a symbolic batch: decode's usual 1
+            units = batch * hkv if isinstance(hkv, int) else 1
+            splits = self.kv_splits or choose_kv_splits(sq, m, tile, self.threads, units)
             form = "split" if splits > 1 else "1-pass"
         elif form == "split" and splits < 2:
             splits = 2

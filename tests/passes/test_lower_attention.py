@@ -72,7 +72,29 @@ def test_symbolic_lengths_causal_top_left():
 
 
 def test_decode_over_a_long_cache_is_split():
-    # one query, 32k keys: 64 tiles of 512 >= 2 * 2 threads -> 4 chunks, merged at the end
+    # one query, 32k keys, one kv head shared by 12 query heads (multi-query): the decode
+    # kernel has one unit for two threads, and 64 tiles of 512 -> 4 chunks, merged at the end
+    check_rewrite(
+        """
+        graph @main(%q: f32[1,12,1,64], %k: f32[1,1,32768,64], %v: f32[1,1,32768,64]) -> (%o: f32[1,12,1,64]) {
+          %o = attention(%q, %k, %v) {scale=0.125, softmax_precision=f32} : f32[1,12,1,64]
+          return %o
+        }
+        """,
+        f"""
+        graph @main(%q: f32[1,12,1,64], %k: f32[1,1,32768,64], %v: f32[1,1,32768,64]) -> (%o: f32[1,12,1,64]) {{
+          %o = einsum_cascade(%q, %k, %v) {{cascade={casc("split", grouped=True, kv_tile=512, kv_splits=4)},
+                                            scale=0.125, kv_tile=512, kv_splits=4}} : f32[1,12,1,64]
+          return %o
+        }}
+        """,
+        "lower-attention",
+        fired={"lower_attention": 1, "attention 3-pass -> 1-pass": 1, "attention_split": 1},
+    )
+
+
+def test_decode_with_as_many_kv_heads_as_threads_is_not_split():
+    # 12 kv heads keep both threads busy: a split only adds the merge (measured: a tie at 32k)
     check_rewrite(
         """
         graph @main(%q: f32[1,12,1,64], %k: f32[1,12,32768,64], %v: f32[1,12,32768,64]) -> (%o: f32[1,12,1,64]) {
@@ -82,13 +104,13 @@ def test_decode_over_a_long_cache_is_split():
         """,
         f"""
         graph @main(%q: f32[1,12,1,64], %k: f32[1,12,32768,64], %v: f32[1,12,32768,64]) -> (%o: f32[1,12,1,64]) {{
-          %o = einsum_cascade(%q, %k, %v) {{cascade={casc("split", kv_tile=512, kv_splits=4)}, scale=0.125,
-                                            kv_tile=512, kv_splits=4}} : f32[1,12,1,64]
+          %o = einsum_cascade(%q, %k, %v) {{cascade={casc("1-pass", kv_tile=512)}, scale=0.125,
+                                            kv_tile=512}} : f32[1,12,1,64]
           return %o
         }}
         """,
         "lower-attention",
-        fired={"lower_attention": 1, "attention 3-pass -> 1-pass": 1, "attention_split": 1},
+        fired={"lower_attention": 1, "attention 3-pass -> 1-pass": 1},
     )
 
 
@@ -184,6 +206,10 @@ def test_tile_and_split_choices():
     assert choose_kv_splits(1, 1536, 512) == 1  # 3 tiles: not worth it
     assert choose_kv_splits(5, 32768, 512) == 1  # prefill-like: no split
     assert choose_kv_splits(1, None, 512) == 1  # symbolic context length
+    # Units (batch x kv heads) that already keep the threads busy: no split.
+    assert choose_kv_splits(1, 32768, 512, units=12) == 1
+    assert choose_kv_splits(1, 32768, 512, threads=2, units=2) == 1
+    assert choose_kv_splits(1, 32768, 512, threads=8, units=2) == 8
 
 
 # -- property: every lowered form matches the attention reference ---------------------------
