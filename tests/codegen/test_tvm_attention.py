@@ -12,6 +12,7 @@ import math
 import re
 
 import numpy as np
+from onnx import TensorProto, helper
 import pytest
 import sympy
 
@@ -290,3 +291,31 @@ def test_backend_constant_bias(bias_shape):
     kernel(arrays, [got])
     want = softmax_attention(*arrays, bias, scale=0.3)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.BFLOAT16, TensorProto.FLOAT16])
+def test_16_bit_attention_model_compiles_without_fallback(dtype, tmp_path):
+    """An ONNX Attention model in bf16/f16 runs its cascade on this kernel end to end (bf16
+    arrays reach TVM as bfloat16 tensors), matching the reference to the dtype's rounding."""
+    import einfuse
+    from einfuse.codegen import reference
+    from einfuse.frontends.onnx import convert_model
+
+    b, h, s, d = 1, 4, 37, 16
+    ins = [helper.make_tensor_value_info(n, dtype, [b, h, s, d]) for n in "qkv"]
+    out = helper.make_tensor_value_info("y", dtype, None)
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1)
+    model = helper.make_model(helper.make_graph([node], "g", ins, [out]), opset_imports=[helper.make_opsetid("", 23)])
+    np_dtype = BF16 if dtype == TensorProto.BFLOAT16 else np.dtype(np.float16)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((b, h, s, d)).astype(np_dtype) for n in "qkv"}
+    compiled = einfuse.compile(model, target="llvm", cache_dir=tmp_path, progress=False)
+    assert compiled.report.fallbacks == [], str(compiled.report)
+    launches = [compiled.executable.kernels[ln.kernel].info for ln in compiled.executable.launches]
+    assert [tuple(info["ops"]) for info in launches] == [("einsum_cascade",)]
+    assert launches[0]["backend"] == "tvm"
+    got = compiled(**feeds)["y"]
+    want = reference.run(convert_model(model), feeds)["y"]
+    assert got.dtype == np_dtype
+    rtol, atol = TOL["bfloat16" if dtype == TensorProto.BFLOAT16 else "float16"]
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=rtol, atol=atol)

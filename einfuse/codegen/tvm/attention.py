@@ -139,8 +139,9 @@ def choose_tiling(spec: AttentionSpec) -> Tiling:
 
 
 def _storage(dtype: str) -> str:
-    """How a dtype travels in buffers: bf16 as its uint16 bits."""
-    return "uint16" if dtype == "bfloat16" else dtype
+    """How a dtype travels in buffers (bf16 as itself: its bits are reinterpreted on load
+    and store, so the kernel takes the bfloat16 tensors the calling convention passes)."""
+    return dtype
 
 
 def _widen(dtype: str):
@@ -152,7 +153,9 @@ def _widen(dtype: str):
     if dtype == "float16":
         return lambda x: T.Cast("float32", x)
     # bf16 is the top half of an f32.
-    return lambda x: T.reinterpret("float32", T.shift_left(T.Cast("uint32", x), T.uint32(16)))
+    return lambda x: T.reinterpret(
+        "float32", T.shift_left(T.Cast("uint32", T.reinterpret("uint16", x)), T.uint32(16))
+    )
 
 
 def _narrow(dtype: str):
@@ -167,7 +170,7 @@ def _narrow(dtype: str):
     def to_bf16(x):
         u = T.reinterpret("uint32", x)
         lsb = T.bitwise_and(T.shift_right(u, T.uint32(16)), T.uint32(1))
-        return T.Cast("uint16", T.shift_right(u + T.uint32(0x7FFF) + lsb, T.uint32(16)))
+        return T.reinterpret("bfloat16", T.Cast("uint16", T.shift_right(u + T.uint32(0x7FFF) + lsb, T.uint32(16))))
 
     return to_bf16
 
@@ -606,16 +609,11 @@ def _compiled(spec: AttentionSpec, target_key: str | None, tiling: Tiling | None
 def compile_attention(spec: AttentionSpec, target=None, tiling: Tiling | None = None):
     """fn(q, k, v, bias=None, out=None) -> out running the compiled kernel on numpy arrays
     (bf16 as ml_dtypes.bfloat16). fn.func is the PrimFunc (for its allocations)."""
-    import tvm_ffi
 
     packed, func = _compiled(spec, target, tiling)
     np_dtype = _numpy_dtype(spec.dtype)
 
-    def as_tvm(x):
-        x = np.ascontiguousarray(x)
-        if x.dtype.name == "bfloat16":
-            x = x.view(np.uint16)
-        return tvm_ffi.from_dlpack(x.__dlpack__(max_version=(1, 0)), require_alignment=0, require_contiguous=True)
+    from einfuse.codegen.tvm import _to_tvm as as_tvm
 
     def run(q, k, v, bias=None, out=None):
         if out is None:
@@ -643,7 +641,11 @@ def _numpy_dtype(dtype: str):
 
 def spec_for_node(ctx, node) -> AttentionSpec:
     """The AttentionSpec of an einsum_cascade node, its symbolic dims bound by ctx.dims."""
-    from einfuse.codegen.tvm.lower import tvm_dtype
+    from einfuse.codegen.tvm.lower import tvm_dtype as table
+    from einfuse.ir.types import DType
+
+    def tvm_dtype(dt):  # bf16 too: this kernel widens to f32 itself and rounds once
+        return "bfloat16" if dt == DType.bf16 else table(dt)
 
     q, k, v = (ctx.shape(x) for x in node.inputs[:3])
     bias = node.inputs[3] if len(node.inputs) > 3 else None

@@ -36,8 +36,9 @@ from einfuse.ir.printer import LITERAL_LIMIT
 from einfuse.ir.types import DType, TensorType
 
 # einfuse dtype -> TVM dtype string. float8 and bfloat16 are left out, so regions using
-# them run on the reference backend: TVM has no CPU arithmetic for float8, and numpy
-# cannot hand bfloat16 arrays (ml_dtypes) over DLPack.
+# them run on the reference backend: TVM has no CPU arithmetic for float8, and the
+# emitters have no tested bfloat16 arithmetic. The exception: ops in BF16_OPS, whose
+# kernels take bfloat16 buffers and compute in f32 themselves (regions of only those).
 _TVM_DTYPES = {
     DType.f64: "float64",
     DType.f32: "float32",
@@ -52,6 +53,7 @@ _TVM_DTYPES = {
     DType.u8: "uint8",
     DType.bool: "bool",
 }
+BF16_OPS = frozenset({"einsum_cascade"})
 
 
 def tvm_dtype(dt) -> str:
@@ -212,6 +214,7 @@ def _lower(node: Node, target, dims: dict | None, allow_prepack: bool):
     region = node.attrs["region"]
     kind = str(node.attrs.get("kind", "opaque"))
     dims = {str(k): int(v) for k, v in (dims or {}).items()}
+    bf16 = bool(region.nodes) and all(n.op in BF16_OPS for n in region.nodes)
     ctx = EmitCtx(target=target, dims=dims)
     env: dict[int, object] = {}
 
@@ -223,7 +226,7 @@ def _lower(node: Node, target, dims: dict | None, allow_prepack: bool):
 
     operands = []
     for i, v in enumerate(region.inputs):
-        t = te.placeholder(shape_of(v), _dtype_for(node, v), name=f"in{i}")
+        t = te.placeholder(shape_of(v), _dtype_for(node, v, bf16), name=f"in{i}")
         env[id(v)] = t
         operands.append(t)
 
@@ -233,10 +236,10 @@ def _lower(node: Node, target, dims: dict | None, allow_prepack: bool):
         if id(v) not in used:
             continue
         if arr.size > LITERAL_LIMIT:
-            t = te.placeholder(tuple(int(s) for s in arr.shape), _dtype_for(node, v), name=f"c{len(const_params)}")
+            t = te.placeholder(tuple(int(s) for s in arr.shape), _dtype_for(node, v, bf16), name=f"c{len(const_params)}")
             const_params.append((name, t, arr))
         else:
-            _dtype_for(node, v)
+            _dtype_for(node, v, bf16)
             t = _const_tensor(ctx, arr)
             ctx.stages[t.op.name] = "const"
         ctx.const_arrays[t.op.name] = arr
@@ -295,7 +298,7 @@ def _lower(node: Node, target, dims: dict | None, allow_prepack: bool):
             except KeyError:
                 raise LoweringError(f"{n.label}: operand %{x.name} is not defined before it") from None
         for o in n.outputs:
-            _dtype_for(n, o)
+            _dtype_for(n, o, bf16)
         try:
             outs = fn(ctx, n, *args)
         except LoweringError as e:
@@ -307,7 +310,7 @@ def _lower(node: Node, target, dims: dict | None, allow_prepack: bool):
         for o, t in zip(n.outputs, outs):
             want = shape_of(o)
             got = tuple(int(s) for s in t.shape)
-            if got != want or str(t.dtype) != tvm_dtype(o.dtype):
+            if got != want or str(t.dtype) != _dtype_for(n, o, bf16):
                 raise LoweringError(
                     f"{n.label}: the TVM emitter produced {t.dtype}{list(got)} for output %{o.name} of type {o.type}"
                 )
@@ -393,7 +396,9 @@ def _reader(t):
     return read
 
 
-def _dtype_for(node: Node, v: Value) -> str:
+def _dtype_for(node: Node, v: Value, bf16: bool = False) -> str:
+    if bf16 and v.dtype == DType.bf16:
+        return "bfloat16"
     try:
         return tvm_dtype(v.dtype)
     except LoweringError:
