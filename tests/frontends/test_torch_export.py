@@ -459,6 +459,25 @@ def test_compile_imported_graph_for_llvm(basic_block):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("encoder", ["causal", "gqa"], indirect=True)
+def test_compile_exported_program_runs_sdpa_on_the_attention_kernel(encoder, tmp_path):
+    """einfuse.compile takes the ExportedProgram itself; its SDPA becomes a 1-pass attention
+    cascade that the TVM backend compiles (no fallback), matching torch."""
+    import einfuse
+
+    model = einfuse.compile(encoder.ep, target="llvm", progress=False, cache_dir=tmp_path)
+    assert not model.report.fallbacks, str(model.report)
+    ex = model.executable
+    ops = [tuple(ex.kernels[ln.kernel].info["ops"]) for ln in ex.launches]
+    assert ("einsum_cascade",) in ops, ops
+    got = list(model(**encoder.feeds()).values())
+    with torch.no_grad():
+        want = [w.numpy() for w in _flatten(encoder.module(*encoder.args))]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize("encoder", ["causal"], indirect=True)
 def test_optimize_keeps_the_encoder_numbers(encoder):
     from einfuse.passes.pipeline import optimize
