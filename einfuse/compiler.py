@@ -542,7 +542,7 @@ class _ExecutableBuilder:
         for v in graph.inputs:
             self.buffer(v, "input")
         nodes = [n for n in graph.nodes]
-        with _Progress(len(nodes), enabled=progress) as bar:
+        with Progress(len(nodes), enabled=progress) as bar:
             for node in nodes:
                 bar.describe(node.attrs.get("kind", node.op))
                 self.add_launch(node)
@@ -774,10 +774,12 @@ def _version() -> str:
         return "dev"
 
 
-class _Progress:
-    """A rich progress bar over kernels, on a terminal only."""
+class Progress:
+    """A rich progress bar over kernels, on a terminal only (compile, and `einfuse tune`)."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, label: str = "compiling", width: int = 20):
+        self.label = label
+        self.width = width
         self.total = total
         self.enabled = enabled and sys.stderr.isatty() and total > 0
         self._progress = None
@@ -788,7 +790,7 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("compiling"),
+                TextColumn(self.label),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.description}"),
@@ -802,7 +804,7 @@ class _Progress:
 
     def describe(self, what: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=str(what)[:20])
+            self._progress.update(self._task, description=str(what)[: self.width])
 
     def advance(self) -> None:
         if self._progress is not None:

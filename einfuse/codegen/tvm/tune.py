@@ -417,7 +417,14 @@ def tune_model(
     from einfuse.codegen.tvm import _load_optional, _schedule, region_cost
     from einfuse.codegen.tvm.lower import lower_region
     from einfuse.codegen.tvm.target import get_target
-    from einfuse.compiler import CompileReport, canonical_region, concrete_shape, import_model, optimize_graph
+    from einfuse.compiler import (
+        CompileReport,
+        Progress,
+        canonical_region,
+        concrete_shape,
+        import_model,
+        optimize_graph,
+    )
     from einfuse.ir.graph import Node
 
     if trials < 1:
@@ -467,7 +474,7 @@ def tune_model(
         if kernels is None or len(order) < kernels:
             order.append((key, (canon, func, info, plan, flops)))
     out = TuneReport(db=path, total_kernels=total)
-    with _Bar(len(order), progress) as bar:
+    with Progress(len(order), progress, label="tuning", width=30) as bar:
         for key, (canon, func, info, plan, flops) in order:
             ops = tuple(n.op for n in canon.attrs["region"].nodes)
             res = KernelResult(key=key, kind=info.kind, ops=ops, flops=flops)
@@ -566,46 +573,6 @@ def _check_same_results(rule_fn, tuned_fn, plan) -> None:
             ok = np.array_equal(x, y)
         if not ok:
             raise TuneError("the tuned schedule computes different results from the rule-based one")
-
-
-class _Bar:
-    """A rich progress bar over kernels, on a terminal only."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty() and total > 0
-        self.total = total
-        self._p = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._p = Progress(
-                TextColumn("tuning"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._p.__enter__()
-            self._task = self._p.add_task("", total=self.total)
-        return self
-
-    def describe(self, what: str) -> None:
-        if self._p is not None:
-            self._p.update(self._task, description=what[:30])
-
-    def advance(self) -> None:
-        if self._p is not None:
-            self._p.update(self._task, advance=1)
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
-        return False
 
 
 def parse_duration(text: str) -> float:
