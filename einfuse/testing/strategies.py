@@ -987,16 +987,12 @@ def _einsum(gen: GraphGen, op: str):
     return [x], {"equation": f"{xl}->{out}"}, Facts(min(f.lo * n, f.lo), max(f.hi * n, f.hi), False)
 
 
-@recipe("einsum_cascade")
-def _einsum_cascade(gen: GraphGen, op: str):
-    # Attention written as its extended-Einsum cascade, in one of its forms; K and V are
-    # new leaves (their heads divide q's), the output is a convex combination of V's rows
-    # (or 0 for a query that sees no key).
-    from einfuse.ir.einsum import attention_cascade
-
+def _attention_operands(gen: GraphGen, dtypes: tuple) -> list[Value]:
+    """q [B,Hq,S,D] drawn from the graph, new leaves k and v whose heads divide q's (GQA half
+    the time when Hq is even), and an optional additive bias [1,1,S,M] or [B,Hq,S,M]."""
     shape = (gen.integers(1, 2), gen.choice([1, 2, 4]), gen.integers(1, 5), gen.integers(1, 4))
     q = gen.operand(
-        lambda v, f: f.bounded and v.rank == 4 and v.dtype in (DType.f32, DType.f16, DType.bf16),
+        lambda v, f: f.bounded and v.rank == 4 and v.dtype in dtypes,
         shape=shape,
         lo=-1.0,
         hi=1.0,
@@ -1007,9 +1003,22 @@ def _einsum_cascade(gen: GraphGen, op: str):
     k = gen.leaf((b, hkv, m, d), q.dtype, -1.0, 1.0)
     v = gen.leaf((b, hkv, m, dv), q.dtype, -1.0, 1.0)
     ops = [q, k, v]
-    has_bias = gen.boolean()
-    if has_bias:
+    if gen.boolean():
         ops.append(gen.leaf(gen.choice([(1, 1, s, m), (b, hq, s, m)]), q.dtype, -1.0, 1.0))
+    return ops
+
+
+@recipe("einsum_cascade")
+def _einsum_cascade(gen: GraphGen, op: str):
+    # Attention written as its extended-Einsum cascade, in one of its forms; K and V are
+    # new leaves (their heads divide q's), the output is a convex combination of V's rows
+    # (or 0 for a query that sees no key).
+    from einfuse.ir.einsum import attention_cascade
+
+    ops = _attention_operands(gen, (DType.f32, DType.f16, DType.bf16))
+    q, k = ops[0], ops[1]
+    hq, hkv, d = q.shape[1], k.shape[1], q.shape[3]
+    has_bias = len(ops) == 4
     form = gen.choice(["3-pass", "2-pass", "1-pass", "split"])
     causal = gen.choice(["none", "top_left", "bottom_right"])
     tile = gen.integers(1, 4) if form in ("1-pass", "split") else 0
@@ -1028,23 +1037,9 @@ def _attention(gen: GraphGen, op: str):
     # produces and lower-attention rewrites: K and V are new leaves (their heads divide
     # q's), optionally causal and with an additive float mask; the output is a convex
     # combination of V's rows.
-    shape = (gen.integers(1, 2), gen.choice([1, 2, 4]), gen.integers(1, 5), gen.integers(1, 4))
-    q = gen.operand(
-        lambda v, f: f.bounded and v.rank == 4 and v.dtype in (DType.f32, DType.f16),
-        shape=shape,
-        lo=-1.0,
-        hi=1.0,
-    )
-    b, hq, s, d = q.shape
-    hkv = hq // 2 if _static(hq) and hq % 2 == 0 and gen.boolean() else hq
-    m, dv = gen.integers(1, 6), gen.integers(1, 4)
-    k = gen.leaf((b, hkv, m, d), q.dtype, -1.0, 1.0)
-    v = gen.leaf((b, hkv, m, dv), q.dtype, -1.0, 1.0)
-    ops = [q, k, v]
-    if gen.boolean():
-        ops.append(gen.leaf(gen.choice([(1, 1, s, m), (b, hq, s, m)]), q.dtype, -1.0, 1.0))
+    ops = _attention_operands(gen, (DType.f32, DType.f16))
     attrs = {
-        "scale": 1.0 / math.sqrt(max(gen.sym_max(d), 1)),
+        "scale": 1.0 / math.sqrt(max(gen.sym_max(ops[0].shape[3]), 1)),
         "is_causal": gen.boolean(),
         "softmax_precision": DType.f32,
     }
