@@ -259,3 +259,69 @@ def test_pool_hypothesis(op, h, w, k, stride, pad, ceil, include_pad):
     if op == "average_pool":
         attrs["count_include_pad"] = include_pad
     check({"x": rand(1, 2, h, w)}, lambda bl, x: bl.op(op, [x], **attrs), kind="reduce")
+
+
+# -- odd output widths and small maps (SqueezeNet's shapes) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sx,sw,attrs",
+    [
+        ((1, 3, 35, 35), (64, 3, 3, 3), {"strides": (2, 2)}),  # conv1-like: 17 columns
+        ((1, 16, 17, 17), (40, 16, 3, 3), {"pads": (1, 1, 1, 1)}),  # 17 columns, OC not a whole block
+        ((2, 5, 31), (32, 5, 3), {}),  # 1-D, 29 columns
+    ],
+)
+def test_blocked_conv_ragged_rows(sx, sw, attrs):
+    """The blocked kernel on rows its tile width does not divide: the last tile's store is
+    predicated and vectorized over channels."""
+    x, w, b = rand(*sx), rand(*sw), rand(sw[0])
+    attrs = conv_attrs(sw, **attrs)
+
+    def build(bl, x, w, b):
+        return bl.op("relu", [bl.op("conv", [x, w, b], **attrs)])
+
+    k = check({"x": x}, build, consts={"w": w, "b": b}, kernel="conv")
+    assert tile_writes_output(k.meta["source"])
+    reg_n = int(k.meta["source"].split('"einfuse.reg_n": ')[1].split("}")[0].split(",")[0])
+    assert _out_cols(sx, sw, attrs) % reg_n != 0  # a ragged last tile
+
+
+def _out_cols(sx, sw, attrs) -> int:
+    nd = len(sw) - 2
+    return (sx[-1] + attrs["pads"][nd - 1] + attrs["pads"][-1] - sw[-1]) // attrs["strides"][-1] + 1
+
+
+def test_blocked_conv_one_vector_exact_rows():
+    """An 11-column row no tile of 2 vectors x 4-8 pixels divides takes one vector of
+    channels x 11 pixels."""
+    x, w, b = rand(1, 16, 11, 11), rand(64, 16, 3, 3), rand(64)
+    attrs = conv_attrs(w.shape, pads=(1, 1, 1, 1))
+
+    def build(bl, x, w, b):
+        return bl.op("relu", [bl.op("conv", [x, w, b], **attrs)])
+
+    k = check({"x": x}, build, consts={"w": w, "b": b}, kernel="conv")
+    assert '"einfuse.ocb": 16' in k.meta["source"] and '"einfuse.reg_n": 11' in k.meta["source"]
+
+
+@pytest.mark.parametrize("c,oc,hw,kernel", [(48, 192, 13, "depthwise"), (32, 20, 9, "depthwise"), (64, 64, 7, "conv")])
+def test_small_map_pointwise(c, oc, hw, kernel):
+    """Ungrouped 1x1 convs on maps whose row fits one vector run as the row-vector kernel
+    (7x7 maps stay blocked)."""
+    x, w, b = rand(1, c, hw, hw), rand(oc, c, 1, 1), rand(oc)
+    attrs = conv_attrs(w.shape)
+
+    def build(bl, x, w, b):
+        return bl.op("relu", [bl.op("conv", [x, w, b], **attrs)])
+
+    k = check({"x": x}, build, consts={"w": w, "b": b}, kernel=kernel)
+    assert tile_writes_output(k.meta["source"])
+
+
+def test_pool_row_width_divides_output():
+    """A pooled row the vector does not divide (27 columns) takes a width that does (9)."""
+    x = rand(1, 3, 55, 55)
+    attrs = {"kernel_shape": (3, 3), "strides": (2, 2)}
+    k = check({"x": x}, lambda bl, x: bl.op("max_pool", [x], **attrs), kind="reduce", kernel="depthwise")
+    assert '"einfuse.vw": 9' in k.meta["source"]

@@ -89,9 +89,21 @@ def conv_tiles(oc: int, ocg: int, groups: int, ow: int, lanes: int, max_acc: int
     reg_max = max(1, max_acc // n_vec)
     if ow <= reg_max:
         return ocb, ow
+    # Odd widths (SqueezeNet's 55, 27, 13) that no tile of 2 vectors x reg_max pixels
+    # divides: one vector of channels x up to max_acc pixels when that divides the row
+    # (55 = 5 x 11): a ragged last tile costs a predicated store on every tile.
+    if groups == 1 and ocb == 2 * lanes and _width_divisor(ow, reg_max) is None:
+        exact = _width_divisor(ow, max_acc)
+        if exact is not None:
+            return lanes, exact
     # The tile width with the least padding of the row, preferring wide tiles.
     best = min(range(max(1, reg_max // 2), reg_max + 1), key=lambda r: (round_up(ow, r) - ow, -r))
     return ocb, best
+
+
+def _width_divisor(ow: int, reg_max: int) -> int | None:
+    """The widest tile width in [reg_max / 2, reg_max] that divides the row, if any."""
+    return next((r for r in range(reg_max, max(1, reg_max // 2) - 1, -1) if ow % r == 0), None)
 
 
 def _pad_input(ctx, x, x_at, n, c, h, w, pads2d, hp: int, wp: int, acc_t: str, force: bool, fill=None):
@@ -157,6 +169,8 @@ def emit_conv(ctx, node, x, w, bias=None):
     if groups > 1 and icg == 1:
         return [_row_conv(ctx, x_at, w_at, bias, x, g, acc_t, dtype, lanes, icg=1)]
     if groups > 1 and _rows_beat_blocks(ocg, ow, lanes):
+        return [_row_conv(ctx, x_at, w_at, bias, x, g, acc_t, dtype, lanes, icg=icg)]
+    if groups == 1 and _small_map_pointwise(g, lanes):
         return [_row_conv(ctx, x_at, w_at, bias, x, g, acc_t, dtype, lanes, icg=icg)]
 
     ocb, reg_n = conv_tiles(oc, ocg, groups, ow, lanes)
@@ -261,6 +275,17 @@ def _rows_beat_blocks(ocg: int, ow: int, lanes: int) -> bool:
     vw = _row_width(ow, lanes)
     row_fill = ow / (-(-ow // vw) * lanes)
     return row_fill > block_fill
+
+
+def _small_map_pointwise(g: Geometry, lanes: int) -> bool:
+    """Whether an ungrouped 1x1 conv on a small map (a whole output row fits one vector:
+    SqueezeNet's 13x13 fire modules) runs faster as the row-vector kernel: the blocked
+    kernel's few pixels per row leave its register tile mostly empty and its epilogue
+    transposes every tile, while the row kernel stores whole rows. Measured on Zen 4: faster
+    while input x output channels stay small (48->192: 86 -> 70 us, 512->64: 233 -> 166 us);
+    wider ones (480->192, 512->1000) and 7x7 maps are faster blocked."""
+    pointwise = g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1 and g.pt + g.pl + g.pb + g.pr == 0
+    return pointwise and lanes // 2 < g.ow <= lanes and g.c * g.oc <= 32768
 
 
 def _divisor_or_least_padding(size: int, limit: int) -> int:
@@ -553,7 +578,15 @@ def schedule_conv(sch, acc, ann: dict, info) -> set[str]:
         ob, oi = sch.split(o_l, [None, ocb])
         wo, wi = sch.split(w_l, [None, reg_n])
         rows = [h_l] if h_l is not None else []
-        sch.reorder(n_l, ob, *rows, wo, oi, wi)
+        # A ragged last tile (odd output widths: 111, 55, 27) puts a predicate on the
+        # store; along the pixels it would make the vectorized store run one lane at a
+        # time for every tile. Vectorized over the tile's channels instead, the predicate
+        # is uniform per vector (SqueezeNet's conv1: 0.64 -> 0.46 ms).
+        ragged = ann_dims(ann)[-1] % reg_n != 0
+        if ragged:
+            sch.reorder(n_l, ob, *rows, wo, wi, oi)
+        else:
+            sch.reorder(n_l, ob, *rows, wo, oi, wi)
         # An in-kernel weight pack goes per channel block, inside the parallel loop, when
         # there are enough blocks to share out: each thread then packs only its own panel
         # (a cache-resident copy) instead of the whole weight passing through memory twice.
@@ -565,7 +598,11 @@ def schedule_conv(sch, acc, ann: dict, info) -> set[str]:
             par = sch.fuse(n_l, ob, *rows)
         if threads > 1:
             sch.parallel(par)
-        sch.vectorize(wi)
+        if ragged:
+            sch.unroll(wi)
+            sch.vectorize(oi)
+        else:
+            sch.vectorize(wi)
         # acc iter vars: (n, ocb, oh, ow, oci | ic, kh, kw).
         micro_kernel(sch, acc, wo, 5, unroll=[3], vector=4)
         red = sch.get_loops(acc)[-8:-5]

