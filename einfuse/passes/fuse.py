@@ -54,6 +54,7 @@ from typing import ClassVar
 from einfuse.errors import EinfuseError
 from einfuse.ir.graph import Attrs, Graph, Node, Value
 from einfuse.ir.ops import ELEMENTWISE, INJECTIVE, NORMALIZE, OPAQUE, OUT_FUSABLE, REDUCE, SHAPE, get_op
+from einfuse.ir.ops.reduce import AXIS_REDUCTIONS
 from einfuse.ir.types import dims_equal, prod
 from einfuse.passes.eliminate_dead_code import drop_constant, set_nodes
 from einfuse.passes.manager import Pass, note_rules_fired, register_pass
@@ -79,20 +80,7 @@ LIGHT = frozenset({ELEMENTWISE, INJECTIVE})
 # Injective ops that only relabel a contiguous buffer: as an epilogue they cost nothing.
 EPILOGUE_VIEWS = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})
 # Reductions over `axes` whose rows can be shared by several reductions in one kernel.
-ROW_REDUCTIONS = frozenset(
-    {
-        "reduce_sum",
-        "reduce_mean",
-        "reduce_max",
-        "reduce_min",
-        "reduce_prod",
-        "reduce_l1",
-        "reduce_l2",
-        "reduce_log_sum",
-        "reduce_log_sum_exp",
-        "reduce_sum_square",
-    }
-)
+ROW_REDUCTIONS = frozenset(AXIS_REDUCTIONS)
 # Why a rule-approved merge was refused (not a rule: the check that always applies).
 CYCLE = "would_create_cycle"
 

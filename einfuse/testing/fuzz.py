@@ -430,7 +430,8 @@ class _InProcessChecker:
         return Outcome.of(r)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: this checker runs in the fuzzing process (the isolated one
+        owns a child process)."""
 
 
 class _IsolatedChecker:

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from einfuse.errors import UnsupportedOpError
 from einfuse.ir.graph import Graph, Node, Value
+from einfuse.ir.ops.reduce import AXIS_REDUCTIONS
 from einfuse.ir.types import DType, format_dim
 
 EXPORT_OPSET = 21
@@ -155,18 +156,7 @@ _DROP = {
     "space_to_depth": {"mode": "DCR"},
 }
 
-_REDUCE = {
-    "reduce_sum",
-    "reduce_mean",
-    "reduce_max",
-    "reduce_min",
-    "reduce_prod",
-    "reduce_l1",
-    "reduce_l2",
-    "reduce_log_sum",
-    "reduce_log_sum_exp",
-    "reduce_sum_square",
-}
+_REDUCE = frozenset(AXIS_REDUCTIONS)
 
 
 def onnx_op_name(op: str) -> str:

@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 from einfuse.errors import EinfuseError
 from einfuse.ir.builder import Builder
 from einfuse.ir.graph import Graph, Value
+from einfuse.ir.ops.reduce import AXIS_REDUCTIONS
 from einfuse.ir.types import DType, TensorType, dims_equal, sym
 
 FLOAT_DTYPES = (DType.f32, DType.f16, DType.f64, DType.bf16)
@@ -802,18 +803,7 @@ def _bit_cast(gen: GraphGen, op: str):
 
 # -- reductions --------------------------------------------------------------------
 
-_REDUCE = (
-    "reduce_sum",
-    "reduce_mean",
-    "reduce_max",
-    "reduce_min",
-    "reduce_prod",
-    "reduce_l1",
-    "reduce_l2",
-    "reduce_sum_square",
-    "reduce_log_sum",
-    "reduce_log_sum_exp",
-)
+_REDUCE = AXIS_REDUCTIONS
 # Ops undefined (or erroring) on an empty reduction: keep them off possibly-empty axes.
 _NEEDS_NONEMPTY = {
     "reduce_mean",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 
@@ -215,10 +214,6 @@ def test_cli_tune(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    "tune_db" not in inspect.signature(einfuse.compile).parameters,
-    reason="einfuse.compile has no tune_db parameter yet (compiler.py diff pending)",
-)
 def test_kernel_cache_key_includes_the_database(tmp_path):
     """A kernel cached without a database is not reused when one applies (and vice versa)."""
     db = tune.TuneDatabase(tmp_path / "db")

@@ -39,7 +39,7 @@ from einfuse.codegen.tvm.ops_elementwise import (
     work_dtype,
 )
 from einfuse.codegen.tvm.schedule_generic import MATERIALIZE
-from einfuse.ir.ops.reduce import reduced_axes
+from einfuse.ir.ops.reduce import AXIS_REDUCTIONS, reduced_axes
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -211,18 +211,7 @@ def _expand_index(i, axes, keepdims: bool, rank: int) -> list:
     return [0 if k in axes else next(it) for k in range(rank)]
 
 
-for _op in (
-    "reduce_sum",
-    "reduce_mean",
-    "reduce_max",
-    "reduce_min",
-    "reduce_prod",
-    "reduce_l1",
-    "reduce_l2",
-    "reduce_sum_square",
-    "reduce_log_sum",
-    "reduce_log_sum_exp",
-):
+for _op in AXIS_REDUCTIONS:
     emitter(_op)(_reduce_op)
 
 

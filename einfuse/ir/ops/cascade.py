@@ -25,21 +25,14 @@ import numpy as np
 from einfuse.errors import ExecutionError
 from einfuse.ir.einsum import CAUSAL, CascadeError, Name, Num, accesses, causal_of, evaluate, parse_cascade
 from einfuse.ir.ops import OPAQUE, Attr, register
+from einfuse.ir.ops.attention import _check_dim, _check_rank
 from einfuse.ir.types import DType, TensorType, dim_known_ne
 
 FLOAT_TYPES = (DType.f32, DType.f16, DType.bf16, DType.f64)
 
 
 def _rank4(ctx, i: int, what: str) -> TensorType:
-    t = ctx.type(i)
-    if t.rank != 4:
-        raise ctx.error(f"{what} must have rank 4, got {t}")
-    return t
-
-
-def _check(ctx, got, want, what: str) -> None:
-    if dim_known_ne(got, want):
-        raise ctx.error(f"{what} is {got}, expected {want}")
+    return _check_rank(ctx, i, 4, what)
 
 
 def _cascade_sizes(c) -> dict:
@@ -58,11 +51,11 @@ def _infer(ctx):
             raise ctx.error(f"{what} has dtype {t.dtype}, but q is {dt}")
     b, hq, s, d = q.shape
     _, hkv, m, _ = k.shape
-    _check(ctx, k.shape[0], b, "the batch size of k")
-    _check(ctx, v.shape[0], b, "the batch size of v")
-    _check(ctx, k.shape[3], d, "the head dim of k")
-    _check(ctx, v.shape[1], hkv, "the number of v heads")
-    _check(ctx, v.shape[2], m, "the length of v")
+    _check_dim(ctx, k.shape[0], b, "the batch size of k")
+    _check_dim(ctx, v.shape[0], b, "the batch size of v")
+    _check_dim(ctx, k.shape[3], d, "the head dim of k")
+    _check_dim(ctx, v.shape[1], hkv, "the number of v heads")
+    _check_dim(ctx, v.shape[2], m, "the length of v")
     if isinstance(hq, int) and isinstance(hkv, int) and (hkv == 0 or hq % hkv):
         raise ctx.error(f"{hq} query heads are not a multiple of {hkv} key/value heads")
     has_bias = ctx.has(3)

@@ -26,6 +26,21 @@ from einfuse.ir.ops import OPAQUE, REDUCE, Attr, register
 from einfuse.ir.ops.elementwise import BOOL, NUMERIC, check_dtype, recast, upcast
 from einfuse.ir.types import DType, TensorType
 
+# The ONNX Reduce* family: one input, `axes`, `keepdims`, `noop_with_empty_axes`; the
+# fuser, the TVM emitters, the graph strategies and the ONNX exporter all key on it.
+AXIS_REDUCTIONS: tuple[str, ...] = (
+    "reduce_sum",
+    "reduce_mean",
+    "reduce_max",
+    "reduce_min",
+    "reduce_prod",
+    "reduce_l1",
+    "reduce_l2",
+    "reduce_sum_square",
+    "reduce_log_sum",
+    "reduce_log_sum_exp",
+)
+
 _REDUCE_ATTRS = {
     "axes": Attr("ints", ()),
     "keepdims": Attr("bool", True),
